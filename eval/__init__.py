@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions and benchmark runners. Installed as ``segllm.eval``."""

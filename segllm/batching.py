@@ -1,0 +1,170 @@
+"""From MRSeg records (DESIGN.md section 3) and images to a model batch.
+
+Every round of a conversation goes into one sequence; earlier rounds' masks that a question
+references are fed back teacher-forced (the ground-truth masks), as SegLLM trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from .config import SegLLMConfig
+from .conversation import ConversationError, EncodedConversation, Turn, encode_conversation
+from .processing import masked_crop, normalized_box, preprocess_clip, preprocess_sam, to_image_tensor
+from .tokens import REF_PATTERN
+
+
+@dataclass
+class SegBatch:
+    """A padded batch. B samples, L tokens, R reference slots in the whole batch.
+
+    Per-sample lists keep masks at each image's own original size.
+    """
+
+    sample_ids: list[str]
+    input_ids: torch.Tensor  # [B, L] long, right-padded
+    attention_mask: torch.Tensor  # [B, L] long
+    labels: torch.Tensor  # [B, L] long, -100 outside the answers
+    round_ids: torch.Tensor  # [B, L] long, -1 on padding
+    pixel_values: torch.Tensor  # [B, 3, S, S] CLIP input
+    sam_pixel_values: torch.Tensor  # [B, 3, S', S'] SAM input
+    sam_input_sizes: list[tuple[int, int]]  # resized (h, w) inside SAM's square
+    original_sizes: list[tuple[int, int]]  # (H, W)
+    target_masks: list[torch.Tensor]  # per sample [n_i, H, W] float, in [SEG] order
+    target_rounds: list[torch.Tensor]  # per sample [n_i] long: round of each target
+    ref_pixel_values: torch.Tensor  # [R, 3, S, S] masked crops, in slot order
+    ref_boxes: torch.Tensor  # [R, 4] normalised (x0, y0, x1, y1)
+    ref_rounds: list[torch.Tensor]  # per sample [r_i] long: round of the question of each slot
+    num_rounds: list[int]  # rounds kept per sample
+    dropped_rounds: list[int]  # rounds dropped by the length limit per sample
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SegBatch:
+        """Move tensors to ``device``; floating image tensors also to ``dtype`` when given."""
+        def move(x):
+            if isinstance(x, torch.Tensor):
+                cast = dtype if (dtype is not None and x.is_floating_point()) else None
+                return x.to(device=device, dtype=cast)
+            if isinstance(x, list) and x and isinstance(x[0], torch.Tensor):
+                return [move(t) for t in x]
+            return x
+        return SegBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+
+def record_turns(record: dict) -> list[Turn]:
+    """The rounds of an MRSeg record as template turns, checking ``refs`` against the text."""
+    sample = record.get("id", "?")
+    turns = []
+    for r, rnd in enumerate(record["rounds"]):
+        in_text = sorted({int(k) for k in REF_PATTERN.findall(rnd["question"])})
+        listed = sorted(set(rnd.get("refs", in_text)))
+        if in_text != listed:
+            raise ConversationError(
+                f"sample {sample!r} round {r}: 'refs' lists {listed} but the question "
+                f"references {in_text}")
+        turns.append(Turn(rnd["question"], rnd["answer"], len(rnd.get("targets", []))))
+    return turns
+
+
+def decode_rle(rle: dict, size: tuple[int, int], where: str) -> np.ndarray:
+    """COCO RLE -> [H, W] bool, checking it has the image's size."""
+    rle = dict(rle)
+    if isinstance(rle.get("counts"), str):
+        rle["counts"] = rle["counts"].encode("ascii")
+    mask = mask_utils.decode(rle).astype(bool)
+    if mask.shape != tuple(size):
+        raise ValueError(f"{where}: mask of size {mask.shape} but the image is {tuple(size)}")
+    return mask
+
+
+def round_masks(record: dict, size: tuple[int, int]) -> list[list[np.ndarray]]:
+    """Decoded target masks per round."""
+    sample = record.get("id", "?")
+    return [[decode_rle(t["rle"], size, f"sample {sample!r} round {r} target {j}")
+             for j, t in enumerate(rnd.get("targets", []))]
+            for r, rnd in enumerate(record["rounds"])]
+
+
+@dataclass
+class EncodedSample:
+    sample_id: str
+    conversation: EncodedConversation
+    pixel_values: torch.Tensor
+    sam_pixel_values: torch.Tensor
+    sam_input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    target_masks: torch.Tensor
+    target_rounds: torch.Tensor
+    ref_pixel_values: torch.Tensor
+    ref_boxes: torch.Tensor
+    ref_rounds: torch.Tensor
+
+
+def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> EncodedSample:
+    """Tokens, image tensors, targets and teacher-forced reference crops of one record."""
+    sample = record.get("id", "?")
+    pixels = to_image_tensor(image)
+    size = (int(pixels.shape[1]), int(pixels.shape[2]))
+    conv = encode_conversation(record_turns(record), tokenizer, config.token_ids,
+                               config.vision.num_image_tokens, config.max_length, sample=sample)
+    masks = round_masks(record, size)
+    targets = [masks[r][j] for r, j in conv.seg_targets]
+    crop_size = config.vision.image_size
+    crops, boxes = [], []
+    for q_round, k, j in conv.ref_slots:
+        ref = torch.from_numpy(masks[k][j])
+        if not ref.any():
+            raise ValueError(f"sample {sample!r} round {q_round}: referenced mask of round {k} "
+                             "is empty")
+        crops.append(masked_crop(pixels, ref, crop_size))
+        boxes.append(normalized_box(ref))
+    sam_pixels, sam_size = preprocess_sam(pixels, config.sam.image_size)
+    return EncodedSample(
+        sample_id=sample, conversation=conv,
+        pixel_values=preprocess_clip(pixels, crop_size), sam_pixel_values=sam_pixels,
+        sam_input_size=sam_size, original_size=size,
+        target_masks=torch.from_numpy(np.stack(targets)).float() if targets
+        else torch.zeros((0, *size)),
+        target_rounds=torch.tensor([r for r, _ in conv.seg_targets], dtype=torch.long),
+        ref_pixel_values=torch.stack(crops) if crops else torch.zeros((0, 3, crop_size, crop_size)),
+        ref_boxes=torch.stack(boxes) if boxes else torch.zeros((0, 4)),
+        ref_rounds=torch.tensor([q for q, _, _ in conv.ref_slots], dtype=torch.long),
+    )
+
+
+def collate(samples: Sequence[EncodedSample], pad_id: int) -> SegBatch:
+    """Right-pad token sequences and stack images."""
+    length = max(len(s.conversation.input_ids) for s in samples)
+
+    def pad(values: list[int], fill: int) -> list[int]:
+        return values + [fill] * (length - len(values))
+
+    convs = [s.conversation for s in samples]
+    return SegBatch(
+        sample_ids=[s.sample_id for s in samples],
+        input_ids=torch.tensor([pad(c.input_ids, pad_id) for c in convs]),
+        attention_mask=torch.tensor([pad([1] * len(c.input_ids), 0) for c in convs]),
+        labels=torch.tensor([pad(c.labels, -100) for c in convs]),
+        round_ids=torch.tensor([pad(c.round_ids, -1) for c in convs]),
+        pixel_values=torch.stack([s.pixel_values for s in samples]),
+        sam_pixel_values=torch.stack([s.sam_pixel_values for s in samples]),
+        sam_input_sizes=[s.sam_input_size for s in samples],
+        original_sizes=[s.original_size for s in samples],
+        target_masks=[s.target_masks for s in samples],
+        target_rounds=[s.target_rounds for s in samples],
+        ref_pixel_values=torch.cat([s.ref_pixel_values for s in samples]),
+        ref_boxes=torch.cat([s.ref_boxes for s in samples]),
+        ref_rounds=[s.ref_rounds for s in samples],
+        num_rounds=[c.num_rounds for c in convs],
+        dropped_rounds=[c.dropped_rounds for c in convs],
+    )
+
+
+def build_batch(items: Sequence[tuple[dict, object]], tokenizer, config: SegLLMConfig) -> SegBatch:
+    """``[(record, image), ...]`` -> ``SegBatch``."""
+    return collate([encode_sample(rec, img, tokenizer, config) for rec, img in items],
+                   config.token_ids["pad"])

@@ -1,0 +1,211 @@
+"""Binary masks: COCO RLE, polygons, boxes and overlays.
+
+Every mask that leaves this module in a record is a COCO RLE dict whose ``counts`` is a
+``str`` (pycocotools returns ``bytes``, which JSON cannot hold). Boxes are ``[x, y, w, h]``
+in pixels, as COCO writes them. Arrays are ``(H, W)`` ``uint8`` with values 0 and 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+RLE = dict[str, Any]
+"""A COCO run-length encoding: ``{"size": [h, w], "counts": str}``."""
+
+# Distinct, readable colours for overlays (RGB); cycled when there are more masks.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+)
+
+
+class MaskError(ValueError):
+    """A mask, polygon or box that cannot describe a region of the image."""
+
+
+def encode_rle(mask: np.ndarray) -> RLE:
+    """Encode an ``(H, W)`` binary mask as a COCO RLE with ``counts`` as ``str``."""
+    if mask.ndim != 2:
+        raise MaskError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    fortran = np.asfortranarray(mask.astype(np.uint8, copy=False) != 0, dtype=np.uint8)
+    rle = mask_utils.encode(fortran)
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _to_pycoco(rle: RLE) -> dict:
+    """An RLE in the form pycocotools' C functions take (compressed, ``bytes`` counts)."""
+    counts = rle["counts"]
+    height, width = rle["size"]
+    if isinstance(counts, list):  # uncompressed RLE, as COCO writes for crowd regions
+        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return {"size": [int(height), int(width)], "counts": counts}
+
+
+def normalize_rle(rle: RLE) -> RLE:
+    """Any COCO RLE (compressed or not, ``bytes`` or ``str`` counts) as a compressed ``str`` one."""
+    compressed = _to_pycoco(rle)
+    counts = compressed["counts"]
+    return {"size": [int(v) for v in compressed["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def decode_rle(rle: RLE) -> np.ndarray:
+    """Decode a COCO RLE (either counts form) into an ``(H, W)`` ``uint8`` mask."""
+    return np.ascontiguousarray(mask_utils.decode(_to_pycoco(rle)), dtype=np.uint8)
+
+
+def rle_area(rle: RLE) -> int:
+    """Number of foreground pixels, computed on the RLE without decoding it."""
+    return int(mask_utils.area(_to_pycoco(rle)))
+
+
+def rle_bbox(rle: RLE) -> list[float]:
+    """Tight ``[x, y, w, h]`` box of the RLE's foreground (zeros when empty)."""
+    return [float(v) for v in mask_utils.toBbox(_to_pycoco(rle))]
+
+
+def merge_rles(rles: Sequence[RLE]) -> RLE:
+    """Union of several RLEs of the same size."""
+    if not rles:
+        raise MaskError("cannot merge an empty list of masks")
+    merged = mask_utils.merge([_to_pycoco(r) for r in rles], intersect=False)
+    return normalize_rle(merged)
+
+
+def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:
+    """Rasterise COCO polygons (``[[x1, y1, x2, y2, ...], ...]``) into one RLE.
+
+    Raises:
+        MaskError: when there is no polygon, a polygon has fewer than 3 points or an odd
+            number of coordinates.
+    """
+    if not polygons:
+        raise MaskError("segmentation has no polygon")
+    for i, poly in enumerate(polygons):
+        if len(poly) % 2:
+            raise MaskError(f"polygon {i} has an odd number of coordinates ({len(poly)})")
+        if len(poly) < 6:
+            raise MaskError(f"polygon {i} has fewer than 3 points ({len(poly) // 2})")
+    rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
+    return normalize_rle(mask_utils.merge(rles, intersect=False))
+
+
+def points_to_polygon(points: Sequence[Sequence[float]]) -> list[float]:
+    """``[[x, y], ...]`` (labelme, ReasonSeg) as a flat COCO polygon ``[x1, y1, ...]``."""
+    return [float(c) for point in points for c in point[:2]]
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> RLE:
+    """A COCO ``segmentation`` field (polygons, uncompressed or compressed RLE) as one RLE."""
+    if isinstance(segmentation, dict):
+        rle = normalize_rle(segmentation)
+        if rle["size"] != [height, width]:
+            raise MaskError(f"RLE size {rle['size']} does not match the image ({height}, {width})")
+        return rle
+    if isinstance(segmentation, list):
+        return polygons_to_rle(segmentation, height, width)
+    raise MaskError(f"unknown segmentation type {type(segmentation).__name__}")
+
+
+def box_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Fill an ``[x, y, w, h]`` box (clipped to the image, pixel-rounded) as a binary mask."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+    x1, y1 = min(width, int(np.ceil(x + w))), min(height, int(np.ceil(y + h)))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    if x1 > x0 and y1 > y0:
+        mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+def box_to_rle(bbox: Sequence[float], height: int, width: int) -> RLE:
+    """RLE of the filled box; used where a source has boxes but no masks (Visual Genome)."""
+    return encode_rle(box_to_mask(bbox, height, width))
+
+
+def mask_to_bbox(mask: np.ndarray) -> list[float]:
+    """Tight ``[x, y, w, h]`` box of a binary mask; all zeros for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+
+
+def mask_area(mask: np.ndarray) -> int:
+    """Number of foreground pixels."""
+    return int(np.count_nonzero(mask))
+
+
+def xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
+    """``[x, y, w, h]`` to ``[x0, y0, x1, y1]``."""
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+def box_in_bounds(bbox: Sequence[float], height: int, width: int, tol: float = 1.0) -> bool:
+    """Whether a box lies inside the image (``tol`` pixels of slack for annotation rounding)."""
+    x, y, w, h = bbox
+    return x >= -tol and y >= -tol and x + w <= width + tol and y + h <= height + tol and w >= 0 and h >= 0
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two binary masks (1.0 when both are empty)."""
+    a, b = a.astype(bool), b.astype(bool)
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def render_overlay(
+    image: Any,
+    masks: Sequence[np.ndarray | RLE],
+    labels: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> Any:
+    """Draw coloured translucent masks with a label each (e.g. the round index) on an image.
+
+    Args:
+        image: a PIL image or an ``(H, W, 3)`` ``uint8`` array.
+        masks: ``(H, W)`` binary arrays or RLEs, same size as the image.
+        labels: one text per mask, drawn at the mask's box corner; ``None`` draws none.
+        alpha: opacity of the mask colour.
+        colors: RGB per mask; the default cycles :data:`PALETTE`.
+
+    Returns:
+        A new RGB ``PIL.Image.Image``; the input is not modified.
+    """
+    from PIL import Image, ImageDraw  # local: the rest of the module needs no PIL
+
+    base = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    canvas = np.asarray(base.convert("RGB"), dtype=np.float32).copy()
+    height, width = canvas.shape[:2]
+    if labels is not None and len(labels) != len(masks):
+        raise ValueError(f"{len(labels)} labels for {len(masks)} masks")
+    palette = list(colors) if colors else list(PALETTE)
+    binaries = []
+    for i, m in enumerate(masks):
+        binary = decode_rle(m) if isinstance(m, dict) else np.asarray(m)
+        if binary.shape != (height, width):
+            raise MaskError(f"mask {i} has shape {binary.shape}, image is {(height, width)}")
+        binary = binary.astype(bool)
+        color = np.array(palette[i % len(palette)], dtype=np.float32)
+        canvas[binary] = (1.0 - alpha) * canvas[binary] + alpha * color
+        binaries.append(binary)
+    out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    if labels:
+        draw = ImageDraw.Draw(out)
+        for i, (binary, text) in enumerate(zip(binaries, labels, strict=True)):
+            if not binary.any():
+                continue
+            x, y, _, _ = mask_to_bbox(binary)
+            left, top, right, bottom = draw.textbbox((x, y), str(text))
+            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=palette[i % len(palette)])
+            draw.text((x, y), str(text), fill=(255, 255, 255))
+    return out

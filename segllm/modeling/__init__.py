@@ -1,0 +1,1 @@
+"""segllm's model components, one file each (see ``model.py`` for how they connect)."""

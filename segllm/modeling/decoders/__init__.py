@@ -1,0 +1,1 @@
+"""Mask decoders, chosen by ``SegLLMConfig.decoder``."""
