@@ -175,6 +175,25 @@ class SegLLMConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def from_file(cls, path: str | Path) -> SegLLMConfig:
+        """A YAML model config: ``preset: NAME`` plus overrides in the config's own nesting."""
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(data, dict) or "preset" not in data:
+            raise ValueError(f"{path}: a model config needs a 'preset' field")
+        data = dict(data)
+        preset = data.pop("preset")
+        try:
+            return cls.from_name(preset, **data)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    @classmethod
     def load(cls, path: str | Path) -> SegLLMConfig:
         path = Path(path)
         try:
@@ -248,8 +267,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # About 100 M parameters: CPU benchmarks and the small model we ship.
     "small": {
-        "llm": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
-                "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 4096,
+        "llm": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 11,
+                "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 4096,
                 "max_position_embeddings": 2048},
         "vision": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
                    "num_attention_heads": 6, "image_size": 112, "patch_size": 14,

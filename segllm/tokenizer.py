@@ -35,8 +35,12 @@ def _training_corpus() -> list[str]:
     return lines * 4
 
 
-def build_tiny_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE with BOS/EOS/UNK/PAD, the image token and segllm's tokens."""
+def build_tiny_tokenizer(vocab_size: int = 1000, segllm_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE with BOS/EOS/UNK/PAD and the image token.
+
+    ``segllm_tokens=False`` leaves out [SEG] and the other segllm tokens, as a base LLaVA
+    tokenizer would be before ``add_segllm_tokens``.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     core = Tokenizer(models.BPE(unk_token=None))
@@ -54,7 +58,8 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerFast:
         tokenizer_object=core, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )
-    add_segllm_tokens(tok)
+    if segllm_tokens:
+        add_segllm_tokens(tok)
     return tok
 
 

@@ -12,7 +12,6 @@ Positions are found from token ids after placeholder expansion; nothing assumes 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -396,11 +395,3 @@ def _replace_dir(src: Path, dst: Path) -> None:
     else:
         os.replace(src, dst)
 
-
-def describe(model: SegLLMModel) -> str:
-    """A table of components with total and trainable parameter counts."""
-    rows = model.parameter_counts()
-    lines = [f"{'component':<22}{'parameters':>16}{'trainable':>16}"]
-    for name, row in rows.items():
-        lines.append(f"{name:<22}{row['total']:>16,}{row['trainable']:>16,}")
-    return "\n".join(lines) + "\n" + json.dumps({"preset": model.config.name})
