@@ -1,0 +1,152 @@
+"""What every builder shares: counters, seeded randomness, validation and atomic output.
+
+A builder turns one source data set into records (DESIGN.md section 3). Subclasses only
+implement :meth:`Builder.iter_records`; :meth:`Builder.build` validates every record, counts
+what was written and what was skipped (by reason), and writes the JSONL atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from segllm.records import AtomicWriter, RecordError, validate_record
+
+log = logging.getLogger("segllm.data_builders")
+
+MAX_SKIP_EXAMPLES = 50
+"""How many skip messages the summary keeps verbatim (all are counted)."""
+
+
+@dataclass
+class BuildStats:
+    """Counters a build reports: written, skipped by reason, rounds per type, leakage."""
+
+    source: str
+    written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    rounds_per_type: Counter = field(default_factory=Counter)
+    rounds_without_target: int = 0
+    leakage_excluded_images: int = 0
+    skip_examples: list[str] = field(default_factory=list)
+
+    def skip(self, record_id: Any, reason: str, detail: str = "") -> None:
+        """Count one skipped record (or part of one) and keep the message for the summary."""
+        self.skipped[reason] += 1
+        message = f"{record_id}: {reason}" + (f" ({detail})" if detail else "")
+        log.warning("skipped %s", message)
+        if len(self.skip_examples) < MAX_SKIP_EXAMPLES:
+            self.skip_examples.append(message)
+
+    def count_written(self, record: dict) -> None:
+        self.written += 1
+        for rnd in record.get("rounds", ()):
+            self.rounds_per_type[rnd["type"]] += 1
+            if not rnd["targets"]:
+                self.rounds_without_target += 1
+
+    def to_dict(self) -> dict:
+        """The summary as plain JSON types, keys sorted so equal builds give equal files."""
+        return {
+            "source": self.source,
+            "records_written": self.written,
+            "records_skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "rounds_per_type": dict(sorted(self.rounds_per_type.items())),
+            "rounds_without_target": self.rounds_without_target,
+            "images_excluded_for_leakage": self.leakage_excluded_images,
+            "skip_examples": list(self.skip_examples),
+        }
+
+
+class Builder:
+    """Base of every source builder.
+
+    Args:
+        rounds: the most rounds in one conversation (sources with fewer annotations give fewer).
+        seed: every random choice derives from it; the same seed gives byte-identical output.
+        image_prefix: prepended to the source's file names, so record paths are relative to
+            the image root used at training time (e.g. ``coco/train2014``).
+        image_root: where the images are on this machine; when given, a record whose image is
+            missing is skipped (reason ``missing_image``).
+        excluded_image_ids: COCO image ids that must not appear (RefCOCO/+/g val/test images).
+    """
+
+    name = "base"
+    kind = "conversation"
+
+    def __init__(
+        self,
+        *,
+        rounds: int = 4,
+        seed: int = 0,
+        image_prefix: str = "",
+        image_root: str | None = None,
+        excluded_image_ids: Iterable[int] = (),
+    ):
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self.rounds = rounds
+        self.seed = seed
+        self.image_prefix = image_prefix.strip("/")
+        self.image_root = image_root
+        self.excluded_image_ids = frozenset(int(i) for i in excluded_image_ids)
+
+    # ---- for subclasses
+
+    def iter_records(self, stats: BuildStats) -> Iterator[dict]:
+        """Yield records in a deterministic order; call ``stats.skip`` for whatever is dropped."""
+        raise NotImplementedError
+
+    def total(self) -> int | None:
+        """Number of work items, for the progress bar (``None`` when unknown)."""
+        return None
+
+    def rng(self, key: Any) -> random.Random:
+        """A generator seeded by (source, seed, key): results do not depend on the order in
+        which items are visited, and string seeding is stable across Python runs."""
+        return random.Random(f"{self.name}:{self.seed}:{key}")
+
+    def image_path(self, file_name: str) -> str:
+        """Record path of an image: the prefix joined with the source's file name."""
+        file_name = file_name.lstrip("/")
+        return f"{self.image_prefix}/{file_name}" if self.image_prefix else file_name
+
+    def image_missing(self, file_name: str) -> bool:
+        """True when an image root was given and the image is not under it."""
+        if self.image_root is None:
+            return False
+        return not os.path.exists(os.path.join(self.image_root, self.image_path(file_name)))
+
+    def is_excluded(self, coco_image_id: int | None, stats: BuildStats) -> bool:
+        """True (and counted) when an image is a RefCOCO/+/g val/test image."""
+        if coco_image_id is not None and int(coco_image_id) in self.excluded_image_ids:
+            stats.leakage_excluded_images += 1
+            return True
+        return False
+
+    # ---- driver
+
+    def build(self, output_path: str | os.PathLike, progress: bool = False) -> BuildStats:
+        """Validate and write all records to ``output_path`` (atomically); return the counters."""
+        stats = BuildStats(source=self.name)
+        records = self.iter_records(stats)
+        if progress:
+            from tqdm import tqdm
+
+            records = tqdm(records, desc=f"build {self.name}", unit="rec", total=self.total())
+        with AtomicWriter(output_path) as out:
+            for record in records:
+                try:
+                    validate_record(record, self.kind)
+                except RecordError as exc:
+                    stats.skip(record.get("id"), "invalid_record", str(exc))
+                    continue
+                out.write_record(record)
+                stats.count_written(record)
+        return stats

@@ -1,0 +1,113 @@
+"""Building blocks of MRSeg rounds: targets, answers and question phrasings.
+
+Answers carry one ``[SEG]`` per target in target order ("Sure, [SEG].", "[SEG], [SEG] and
+[SEG]."); a round without targets answers with a sentence saying the object is not there.
+Questions mark earlier rounds with ``<ref:k>``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from segllm.masks import RLE, rle_bbox
+from segllm.tokens import SEG_TOKEN
+
+SINGLE_ANSWERS = ("Sure, {seg}.", "It is {seg}.", "{seg}.", "Sure, it is {seg}.")
+NO_TARGET_ANSWERS = (
+    "There is no {what} in the image.",
+    "I cannot find {article} {what} in this image.",
+    "No {what} is visible here.",
+)
+
+
+def ref(k: int) -> str:
+    """The placeholder for round ``k``'s masks in a later question."""
+    return f"<ref:{k}>"
+
+
+def target(rle: RLE, **extra) -> dict:
+    """A target entry: the RLE, its tight ``[x, y, w, h]`` box and any extra flags."""
+    return {"rle": rle, "bbox": [round(v, 2) for v in rle_bbox(rle)], **extra}
+
+
+def seg_list(n: int) -> str:
+    """``[SEG]``, ``[SEG] and [SEG]``, ``[SEG], [SEG] and [SEG]``..."""
+    if n < 1:
+        raise ValueError("a list of masks needs at least one mask")
+    if n == 1:
+        return SEG_TOKEN
+    return ", ".join([SEG_TOKEN] * (n - 1)) + f" and {SEG_TOKEN}"
+
+
+def answer_for(n_targets: int, rng: random.Random, missing: str = "such object") -> str:
+    """An answer with one ``[SEG]`` per target, or a "not there" sentence for zero targets."""
+    if n_targets == 0:
+        template = rng.choice(NO_TARGET_ANSWERS)
+        return template.format(what=missing, article=article(missing))
+    if n_targets == 1:
+        return rng.choice(SINGLE_ANSWERS).format(seg=SEG_TOKEN)
+    return rng.choice(("{segs}.", "Sure, {segs}.", "They are {segs}.")).format(segs=seg_list(n_targets))
+
+
+def make_round(question: str, targets: Sequence[dict], kind: str, rng: random.Random,
+               refs: Sequence[int] = (), missing: str = "such object") -> dict:
+    """One round in the record layout, refs sorted as the question's ``<ref:k>`` order allows."""
+    return {
+        "question": question,
+        "answer": answer_for(len(targets), rng, missing),
+        "targets": list(targets),
+        "refs": sorted(set(refs)),
+        "type": kind,
+    }
+
+
+def article(noun: str) -> str:
+    """'a' or 'an' for a noun phrase."""
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+def plural(noun: str) -> str:
+    """A rough English plural, good enough for class names in questions."""
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def clean_name(name: str) -> str:
+    """Source class names as words: ``traffic_light`` -> ``traffic light``, first synonym of
+    ``building;edifice`` or ``building, edifice``."""
+    first = name.split(";")[0].split(",")[0]
+    return first.replace("_", " ").strip()
+
+
+REFERRING_QUESTIONS = (
+    "Segment {expr}.",
+    "Please segment {expr}.",
+    "Can you segment {expr} in this image?",
+    "Where is {expr}? Please output its mask.",
+)
+
+CATEGORY_QUESTIONS = ("Segment the {name}.", "Please segment the {name} in this image.")
+ALL_OF_CATEGORY_QUESTIONS = ("Segment all the {names}.", "Please segment every {name} in the image.")
+SEMANTIC_QUESTIONS = ("Segment the {name}.", "Please segment the {name} region.", "Which pixels are {name}?")
+
+POSITIONAL_QUESTIONS = {
+    "left": "Segment the {name} closest to the left of {ref}.",
+    "right": "Segment the {name} closest to the right of {ref}.",
+    "above": "Segment the {name} closest above {ref}.",
+    "below": "Segment the {name} closest below {ref}.",
+    "nearest": "Segment the {name} nearest to {ref}.",
+    "largest": "Segment the largest {name} other than {ref}.",
+}
+
+PART_OF_QUESTIONS = ("Segment the {part} of {ref}.", "Please segment the {part} of {ref}.")
+WHOLE_OF_QUESTIONS = ("Segment the whole object that {ref} is part of.", "Segment the {whole} that {ref} belongs to.")
+
+
+def referring_question(expression: str, rng: random.Random) -> str:
+    """A question asking for the object a referring expression describes."""
+    expression = expression.strip().rstrip(".")
+    return rng.choice(REFERRING_QUESTIONS).format(expr=expression)
