@@ -140,3 +140,17 @@ def test_no_target_round_and_lisa_style_model_without_mask_encoder(tiny_tokenize
     record2, image2 = make_conversation("needs-encoder")
     with pytest.raises(ValueError, match="no mask encoder"):
         model(build_batch([(record2, image2)], tiny_tokenizer, cfg))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward_including_sam(tiny_model, tiny_batch, dtype):
+    """segment_anything's prompt encoder needs its positional matrix in float32; the wrapper
+    keeps it so through .to(dtype), so the whole model (SAM included) runs in half precision."""
+    tiny_model.to(dtype)
+    pe = tiny_model.decoder.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    assert pe.dtype == torch.float32
+    assert tiny_model.decoder.sam.mask_decoder.iou_token.weight.dtype == dtype
+    out = tiny_model(tiny_batch.to("cpu", dtype))
+    assert torch.isfinite(out.loss)
+    assert out.mask_logits[0].dtype == dtype and out.mask_logits[0].shape == (4, 48, 64)
+    out.loss.backward()

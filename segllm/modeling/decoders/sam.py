@@ -65,6 +65,16 @@ class SAMDecoder(nn.Module):
         self.cfg = cfg
         self.sam = build_sam(cfg)
 
+    def _apply(self, fn, recurse: bool = True):
+        # segment_anything builds its positional-encoding grid in float32 and multiplies it by
+        # this buffer, so a half-precision buffer breaks get_dense_pe. Keep it float32 through
+        # .to(bf16) / .half(); decode() casts the encoding to the image features' dtype.
+        super()._apply(fn, recurse)
+        pe = self.sam.prompt_encoder.pe_layer
+        if pe.positional_encoding_gaussian_matrix.is_floating_point():
+            pe.positional_encoding_gaussian_matrix = pe.positional_encoding_gaussian_matrix.float()
+        return self
+
     @property
     def prompt_dim(self) -> int:
         return self.cfg.prompt_embed_dim
@@ -103,7 +113,8 @@ class SAMDecoder(nn.Module):
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
             prompts.shape[0], -1, *pe.image_embedding_size)
         low_res, iou = self.sam.mask_decoder(
-            image_embeddings=image_embedding, image_pe=pe.get_dense_pe(),
+            image_embeddings=image_embedding,
+            image_pe=pe.get_dense_pe().to(image_embedding.dtype),
             sparse_prompt_embeddings=prompts.to(image_embedding.dtype),
             dense_prompt_embeddings=dense.to(image_embedding.dtype), multimask_output=False)
         masks = self.sam.postprocess_masks(low_res, input_size, original_size)

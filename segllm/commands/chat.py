@@ -1,0 +1,213 @@
+"""``segllm chat``: talk to a model about one image, in the terminal or from a script.
+
+    segllm chat --model ckpt/ --image photo.jpg                 # interactive (readline history)
+    segllm chat --model ckpt/ --image photo.jpg --script q.txt  # one question a line
+
+Each round writes ``OUT/round_NN/``: ``mask_J.png`` (0/255), ``masks.json`` (question, answer,
+and per mask its COCO RLE, box and score) and ``overlay.png`` (the round's masks in colour,
+labelled with the round). Interactive commands: ``/undo``, ``/history``, ``/quit``.
+A refused question prints why and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+HISTORY_FILE = Path.home() / ".segllm_chat_history"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="directory written by save_pretrained")
+    parser.add_argument("--image", required=True, help="the image to talk about")
+    parser.add_argument("--script", help="file with one question a line (# starts a comment)")
+    parser.add_argument("--out", default="chat_outputs", help="where rounds are saved")
+    parser.add_argument("--history-file", default=str(HISTORY_FILE),
+                        help="readline history of the interactive prompt")
+    add_model_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Loading and decoding options shared with ``segllm serve``."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument("--load-in-4bit", action="store_true", help="NF4 LLM (bitsandbytes)")
+    quant.add_argument("--load-in-8bit", action="store_true", help="int8 LLM (bitsandbytes)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 decodes greedily; above 0 samples")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def generation_from_args(args):
+    """The ``GenerationConfig`` the command-line options describe."""
+    from segllm.pipeline import GenerationConfig
+
+    sample = args.temperature > 0
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=sample,
+                            temperature=args.temperature if sample else 1.0, top_p=args.top_p,
+                            seed=args.seed)
+
+
+def load_pipeline(args):
+    from segllm.pipeline import SegLLMPipeline
+
+    return SegLLMPipeline.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                          load_in_4bit=args.load_in_4bit,
+                                          load_in_8bit=args.load_in_8bit,
+                                          generation=generation_from_args(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from segllm.pipeline import ImageError
+
+    pipeline = load_pipeline(args)
+    try:
+        session = pipeline.start(args.image)
+    except ImageError as err:
+        print(f"error: {args.image}: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.script:
+        return run_script(session, read_script(Path(args.script)), out)
+    return run_interactive(session, out, history_file=Path(args.history_file))
+
+
+def read_script(path: Path) -> list[str]:
+    """Questions of a script file: one a line, blank lines and ``#`` comments skipped."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def run_script(session, questions: Iterable[str], out: Path) -> int:
+    """Ask every question; 0 when all were answered, 1 when any was refused."""
+    failures = 0
+    for question in questions:
+        failures += not ask_and_save(session, question, out)
+    return 1 if failures else 0
+
+
+def run_interactive(session, out: Path, lines: Iterator[str] | None = None,
+                    history_file: Path = HISTORY_FILE) -> int:
+    """A prompt loop; ``lines`` replaces the terminal (tests)."""
+    history = _start_readline(history_file)
+    print(f"image {session.size[1]}x{session.size[0]}; refer to round k with <ref:k>; "
+          "/undo, /history, /quit")
+    source = lines if lines is not None else _prompts(session)
+    try:
+        for line in source:
+            command = line.strip()
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/undo":
+                undo(session, out)
+            elif command == "/history":
+                for reply in session.history:
+                    print(f"[{reply.round}] {reply.question} -> {reply.text}")
+            else:
+                ask_and_save(session, line, out)
+    finally:
+        _save_readline(history, history_file)
+    return 0
+
+
+def _prompts(session) -> Iterator[str]:
+    while True:
+        try:
+            yield input(f"round {session.num_rounds}> ")
+        except EOFError:
+            print()
+            return
+
+
+def ask_and_save(session, question: str, out: Path) -> bool:
+    """Ask, print the answer and where its files went; print the reason when refused."""
+    from segllm.pipeline import InputError
+
+    try:
+        reply = session.ask(question)
+    except InputError as err:
+        print(f"refused: {err}")
+        return False
+    folder = save_round(out, session.image, reply)
+    print(f"[{reply.round}] {reply.text}")
+    for note in reply.warnings:
+        print(f"  note: {note}")
+    print(f"  {len(reply.masks)} mask(s) -> {folder}")
+    return True
+
+
+def undo(session, out: Path) -> None:
+    from segllm.pipeline import InputError
+
+    try:
+        reply = session.undo()
+    except InputError as err:
+        print(f"refused: {err}")
+        return
+    shutil.rmtree(round_folder(out, reply.round), ignore_errors=True)
+    print(f"undid round {reply.round}: {reply.question}")
+
+
+def round_folder(out: Path, round_index: int) -> Path:
+    return out / f"round_{round_index:02d}"
+
+
+def save_round(out: Path, image, reply) -> Path:
+    """Write a round's masks (PNG), their RLE (JSON) and the overlay; returns the folder."""
+    from PIL import Image
+
+    from segllm.masks import encode_rle, render_overlay
+
+    folder = round_folder(out, reply.round)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for j, (mask, score, box) in enumerate(zip(reply.masks, reply.scores, reply.boxes,
+                                               strict=True)):
+        Image.fromarray(mask.astype("uint8") * 255, mode="L").save(folder / f"mask_{j}.png")
+        entries.append({"index": j, "rle": encode_rle(mask), "bbox": box, "score": score,
+                        "png": f"mask_{j}.png"})
+    record = {"round": reply.round, "question": reply.question, "answer": reply.text,
+              "height": image.height, "width": image.width, "masks": entries,
+              "warnings": reply.warnings}
+    (folder / "masks.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    render_overlay(image, reply.masks, labels=overlay_labels(reply)).save(folder / "overlay.png")
+    return folder
+
+
+def overlay_labels(reply) -> list[str]:
+    """``round r`` for a single mask, ``round r.j`` when the round has several."""
+    if len(reply.masks) == 1:
+        return [f"round {reply.round}"]
+    return [f"round {reply.round}.{j}" for j in range(len(reply.masks))]
+
+
+def _start_readline(history_file: Path):
+    """Load the readline history; None where readline is missing."""
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline
+        return None
+    if history_file.is_file():
+        try:
+            readline.read_history_file(history_file)
+        except OSError:
+            pass
+    readline.set_history_length(1000)
+    return readline
+
+
+def _save_readline(readline, history_file: Path) -> None:
+    if readline is None:
+        return
+    try:
+        readline.write_history_file(history_file)
+    except OSError:
+        pass

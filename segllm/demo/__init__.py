@@ -1,0 +1,1 @@
+"""The web demo (``segllm serve``): gradio, imported only when the demo runs."""
