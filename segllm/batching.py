@@ -15,7 +15,13 @@ from pycocotools import mask as mask_utils
 
 from .config import SegLLMConfig
 from .conversation import ConversationError, EncodedConversation, Turn, encode_conversation
-from .processing import masked_crop, normalized_box, preprocess_clip, preprocess_sam, to_image_tensor
+from .processing import (
+    masked_crop,
+    normalized_box,
+    preprocess_clip,
+    preprocess_sam,
+    to_image_tensor,
+)
 from .tokens import REF_PATTERN
 
 

@@ -168,6 +168,12 @@ class SegLLMConfig:
     def from_dict(cls, data: dict[str, Any]) -> SegLLMConfig:
         return _build_dataclass(cls, data, path="config")
 
+    def with_overrides(self, **overrides: Any) -> SegLLMConfig:
+        """A copy with overrides applied by ``from_name``'s rules, every key checked again."""
+        data = self.to_dict()
+        _apply_overrides(data, overrides)
+        return SegLLMConfig.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 

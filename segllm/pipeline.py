@@ -853,9 +853,10 @@ class ChatSession:
 def _sam_in_float32(model):
     """Keep the mask decoder (SAM) in float32 when the rest is bf16 / fp16.
 
-    segment_anything 1.0's prompt encoder builds its positional grid in float32 and multiplies
-    it with its own buffer, so a half-precision SAM fails in ``get_dense_pe``; SAM is also the
-    part most sensitive to precision. The decoder casts prompts to the image features' dtype.
+    SAM runs in half precision too (the wrapper keeps segment_anything's positional matrix in
+    float32 for that), but mask logits near the 0 threshold are the part most sensitive to
+    rounding, and SAM is small next to the LLM (ViT-H: 641 M of 7.7 B parameters). The decoder
+    casts prompts to the image features' dtype.
     """
     sam = model.decoder.sam
     if next(sam.parameters()).dtype != torch.float32:

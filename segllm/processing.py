@@ -33,6 +33,8 @@ def to_image_tensor(image) -> torch.Tensor:
         array = np.asarray(image)
         if array.ndim != 3 or array.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {array.shape}")
+        if not array.flags.writeable:  # PIL hands out read-only arrays; torch wants to own one
+            array = array.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     if tensor.ndim != 3 or tensor.shape[0] != 3 or tensor.dtype != torch.uint8:
         raise ValueError(f"expected a [3, H, W] uint8 image, got {tuple(tensor.shape)} "

@@ -19,21 +19,10 @@ import logging
 import torch
 from torch import nn
 
-__all__ = ["merge_lora", "quantize_language_model", "memory_by_component", "tensor_bytes"]
+from .modeling.lora import merge_lora
 
-
-def merge_lora(module: nn.Module) -> int:
-    """Merge every peft LoRA layer under ``module`` into its base layer and unwrap it.
-
-    Returns the number of layers merged.
-    """
-    merged = 0
-    for name, child in list(module.named_modules()):
-        if hasattr(child, "base_layer") and hasattr(child, "merge") and hasattr(child, "lora_A"):
-            child.merge()
-            _set_submodule(module, name, child.base_layer)
-            merged += 1
-    return merged
+__all__ = ["quantize_language_model", "quantize_linear_layers", "dequantize_linear_layers",
+           "memory_by_component", "tensor_bytes"]
 
 
 def quantize_language_model(model, bits: int, compute_dtype: torch.dtype = torch.float32,
@@ -53,12 +42,7 @@ def quantize_language_model(model, bits: int, compute_dtype: torch.dtype = torch
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     language_model = model.language_model
     merge_lora(language_model)
-    count = 0
-    for name, child in list(language_model.named_modules()):
-        if type(child) is nn.Linear:
-            layer = _linear4(child, compute_dtype, quant_type) if bits == 4 else _linear8(child)
-            _set_submodule(language_model, name, layer)
-            count += 1
+    count = quantize_linear_layers(language_model, bits, compute_dtype, quant_type)
     if count == 0:
         raise ValueError("the language model has no nn.Linear layer to quantize")
     if bits == 8:
@@ -67,6 +51,42 @@ def quantize_language_model(model, bits: int, compute_dtype: torch.dtype = torch
                           "compute_dtype": str(compute_dtype).removeprefix("torch."),
                           "layers": count}
     return count
+
+
+def quantize_linear_layers(module: nn.Module, bits: int, compute_dtype: torch.dtype = torch.float32,
+                           quant_type: str = "nf4") -> int:
+    """Replace every plain ``nn.Linear`` under ``module`` by a bitsandbytes layer, in place.
+
+    LoRA base layers are included and LoRA A/B matrices never are, so the same function
+    quantizes a merged LLM for inference and the frozen base of a QLoRA run. Returns the count.
+    """
+    targets = [(name, m) for name, m in module.named_modules()
+               if type(m) is nn.Linear and "lora_" not in name]
+    for name, linear in targets:
+        layer = _linear4(linear, compute_dtype, quant_type) if bits == 4 else _linear8(linear)
+        _set_submodule(module, name, layer)
+    return len(targets)
+
+
+def dequantize_linear_layers(module: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+    """Undo 4-bit quantization (for a merged export): ``Linear4bit`` -> ``nn.Linear``."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # nothing can have been quantized without it
+        return 0
+    from bitsandbytes.functional import dequantize_4bit
+
+    targets = [(name, m) for name, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for name, q in targets:
+        weight = dequantize_4bit(q.weight.data, q.weight.quant_state).to(dtype)
+        linear = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None,
+                           device=weight.device, dtype=dtype)
+        linear.weight.data.copy_(weight)
+        if q.bias is not None:
+            linear.bias.data.copy_(q.bias.data.to(dtype))
+        linear.requires_grad_(False)
+        _set_submodule(module, name, linear)
+    return len(targets)
 
 
 def _linear4(linear: nn.Linear, compute_dtype: torch.dtype, quant_type: str) -> nn.Module:

@@ -180,7 +180,17 @@ class SegLLMModel(nn.Module):
         if crop_slots.any() or box_slots.any() or (ref_boxes is not None and len(ref_boxes)):
             embeds = self._scatter_refs(embeds, crop_slots, box_slots, ref_pixel_values,
                                         ref_boxes, ref_rounds, round_ids, names)
+        elif self._trains(self.mask_encoder):
+            # No reference in this batch: still use the box head (times zero) at the point
+            # where real box tokens enter, so every process of a ZeRO-2 run produces the same
+            # gradients in the same backward order (otherwise gloo/NCCL reductions mismatch).
+            embeds = embeds + 0.0 * self.mask_encoder.box_proj(embeds.new_zeros(1, 4)).sum()
         return embeds
+
+    @staticmethod
+    def _trains(module: nn.Module | None) -> bool:
+        return (module is not None and torch.is_grad_enabled()
+                and any(p.requires_grad for p in module.parameters()))
 
     def _scatter_image(self, embeds, slots, pixel_values, names) -> torch.Tensor:
         per_sample = slots.sum(dim=1).tolist()
@@ -270,9 +280,21 @@ class SegLLMModel(nn.Module):
             bce, dice, n_masks = mask_losses(mask_logits, [t.to(hidden.device)
                                                            for t in batch.target_masks])
             loss = w.ce_weight * ce + w.bce_weight * bce + w.dice_weight * dice
+            if n_masks == 0:
+                loss = loss + self._unused_mask_path(hidden, features, batch)
         return SegLLMOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice,
                             num_masks=n_masks, logits=logits, mask_logits=mask_logits,
                             mask_scores=scores, mask_rounds=rounds, seg_embeddings=prompts)
+
+    def _unused_mask_path(self, hidden: torch.Tensor, features: torch.Tensor,
+                          batch: SegBatch) -> torch.Tensor:
+        """Zero times one decoded mask, for a batch without any [SEG]: the seg head and a
+        trainable decoder still get (zero) gradients, as ZeRO-2 needs on every process."""
+        if not (self._trains(self.seg_head) or self._trains(self.decoder)):
+            return hidden.new_zeros(())
+        logits, scores, _ = self.decode_masks(hidden[0, :1], features[:1],
+                                              batch.sam_input_sizes[0], batch.original_sizes[0])
+        return 0.0 * (logits.sum() + scores.sum()).float()
 
     def _check_seg_counts(self, batch: SegBatch, rows: torch.Tensor, cols: torch.Tensor) -> None:
         """The number of [SEG] tokens must equal the number of target masks, round by round."""
@@ -379,6 +401,18 @@ class SegLLMModel(nn.Module):
         if (path / "tokenizer").is_dir():
             model.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
         return model
+
+    # -- training ---------------------------------------------------------------------------
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward for the LLM and the CLIP tower (transformers'
+        checkpointing, non-reentrant so frozen inputs and LoRA-only training still get
+        gradients). SAM is left alone: it runs once per image and is frozen by default."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.llava, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            self.llava.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -154,3 +154,21 @@ def test_half_precision_forward_including_sam(tiny_model, tiny_batch, dtype):
     assert torch.isfinite(out.loss)
     assert out.mask_logits[0].dtype == dtype and out.mask_logits[0].shape == (4, 48, 64)
     out.loss.backward()
+
+
+def test_every_trainable_part_gets_a_gradient_without_refs_or_seg(tiny_model, tiny_tokenizer):
+    """ZeRO-2 needs the same gradients on every process: a batch with no reference and no
+    [SEG] still reaches the box head and the seg head (with zero gradients)."""
+    record, image = make_conversation("plain")
+    record["rounds"] = [{"question": "Describe the image.", "answer": "Three boxes.",
+                         "targets": [], "refs": [], "type": "referring"}]
+    batch = build_batch([(record, image)], tiny_tokenizer, tiny_model.config)
+    out = tiny_model(batch)
+    assert out.num_masks == 0
+    out.loss.backward()
+    for name, p in tiny_model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+    assert tiny_model.mask_encoder.box_proj.weight.grad.abs().sum() == 0
+    assert tiny_model.seg_head.mlp[0].weight.grad.abs().sum() == 0
+    with torch.no_grad():  # and nothing extra runs when no gradient is wanted
+        assert tiny_model(batch).loss == out.loss

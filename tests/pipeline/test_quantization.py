@@ -88,7 +88,7 @@ def test_four_bit_with_bf16_compute(model_dir, image):
 
 
 def test_merging_lora_keeps_the_outputs(model_dir, reference_hidden):
-    from segllm.quantization import merge_lora
+    from segllm.modeling.lora import merge_lora
 
     pipeline = SegLLMPipeline.from_pretrained(model_dir)
     with torch.no_grad():  # give LoRA B a non-zero value so the merge has something to do

@@ -1,0 +1,327 @@
+"""Typed training arguments, loaded from YAML with ``key=value`` overrides.
+
+A training YAML has top-level run fields and one section per concern::
+
+    output_dir: runs/tiny-synthetic
+    max_steps: 50
+    micro_batch_size: 2
+    model: {preset: tiny, overrides: {trainable: {sam_mask_decoder: true}}}
+    data: {sources: [{path: data/synthetic/synthetic.jsonl, weight: 1.0}]}
+    optim: {lr: 1.0e-3, warmup_steps: 5, schedule: cosine}
+    checkpoint: {every: 25}
+
+Every key is checked against the dataclasses below: an unknown key, a value of the wrong type
+or a missing file fails in :func:`load_train_config`, naming the key (and the file), before
+any model is built. Overrides use dotted keys, list items by index
+(``optim.lr=3e-4``, ``data.sources.0.weight=2``); values are parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class TrainConfigError(ValueError):
+    """A training config that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ModelArgs:
+    """Where the model comes from (exactly one of preset, config_file, pretrained, llava_dir)."""
+
+    preset: str | None = None  # a SegLLMConfig preset name, e.g. "tiny"
+    config_file: str | None = None  # a configs/model/*.yaml file
+    pretrained: str | None = None  # a directory written by SegLLMModel.save_pretrained
+    llava_dir: str | None = None  # a llava-hf directory (with sam_checkpoint): from_components
+    sam_checkpoint: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # SegLLMConfig overrides
+    quantize_4bit: bool = False  # QLoRA: NF4 base LLM through bitsandbytes (needs llm: lora)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SourceArgs:
+    """One JSONL source of MRSeg conversations."""
+
+    path: str
+    image_root: str | None = None  # default: the folder of the JSONL file
+    weight: float = 1.0  # sampling ratio (LISA's 9:3:3:1 is four sources weighted 9, 3, 3, 1)
+    name: str | None = None  # for logs; default: the file name
+
+
+@dataclass
+class DataArgs:
+    sources: list[SourceArgs] = field(default_factory=list)
+    # "ratio": draw a source with probability weight / sum(weights) (LISA);
+    # "size": weight times the number of records (SegLLM's per-file sampling of concatenated files)
+    mixing: Literal["ratio", "size"] = "ratio"
+    num_workers: int = 0  # DataLoader workers; the sample order does not depend on it
+    validate_records: bool = True  # run segllm.records validation while reading
+
+
+@dataclass
+class ValidationArgs:
+    """Periodic validation on a held-out JSONL: per-round cIoU, ground-truth references."""
+
+    path: str | None = None
+    image_root: str | None = None
+    every: int = 0  # optimizer steps; 0: never (only at the end when path is set)
+    max_samples: int = 64
+    batch_size: int = 2
+
+
+@dataclass
+class OptimArgs:
+    """AdamW, warm-up then cosine / linear / constant, gradient clipping."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class CheckpointArgs:
+    every: int = 0  # optimizer steps between checkpoints; 0: only at the end
+    keep: int = 2  # most recent checkpoints kept (0 keeps all)
+    export: bool = True  # at the end, merge LoRA and write a from_pretrained directory
+    export_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class LoggingArgs:
+    every: int = 1  # optimizer steps between metric lines
+    progress: bool = True  # a tqdm bar on the main process
+    tensorboard: bool = False  # also write TensorBoard events under output_dir/tensorboard
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    max_steps: int = 100  # optimizer steps
+    micro_batch_size: int = 1  # conversations per process per forward
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    # "deepspeed": the DeepSpeed engine directly (CPU and GPU; the only one that distributes
+    # on CPU); "accelerate": accelerate's DeepSpeed plugin; "auto": accelerate on CUDA, else
+    # deepspeed. Both drive the same DeepSpeed engine, so checkpoints are interchangeable.
+    backend: Literal["auto", "accelerate", "deepspeed"] = "auto"
+    deepspeed_config: str = "configs/ds_zero2.json"
+    # DeepSpeed's CPU shared-memory all-reduce: a C++ op compiled on first use (minutes);
+    # off by default, so CPU runs use gloo's all-reduce
+    deepspeed_cpu_shm_comm: bool = False
+    threads: int = 0  # torch intra-op threads per process; 0: torch's default
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    validation: ValidationArgs = field(default_factory=ValidationArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+    logging: LoggingArgs = field(default_factory=LoggingArgs)
+    source_file: str | None = None  # the YAML this came from (filled by the loader)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Conversations per optimizer step over all processes."""
+        return self.micro_batch_size * self.gradient_accumulation_steps * world_size
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a training YAML, apply ``key=value`` overrides and check every key and type.
+
+    Raises:
+        TrainConfigError: naming the file and the key (unknown key, wrong type, missing file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainConfigError(f"training config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise TrainConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: expected a mapping at the top level")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        apply_override(data, item, where=str(path))
+    config = build_checked(TrainConfig, data, str(path))
+    config.source_file = str(path)
+    check_config(config, str(path))
+    return config
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The same checks as :func:`load_train_config`, for a dict built in code (tests, notebooks)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        apply_override(data, item, where="config")
+    config = build_checked(TrainConfig, data, "config")
+    check_config(config, "config")
+    return config
+
+
+def apply_override(data: dict[str, Any], item: str, where: str) -> None:
+    """Set ``a.b.0.c=value`` in nested dicts/lists; the value is parsed as YAML."""
+    if "=" not in item:
+        raise TrainConfigError(f"{where}: override {item!r} is not KEY=VALUE")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    target: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        target = _child(target, part, ".".join(parts[:depth + 1]), where)
+    leaf = parts[-1]
+    if isinstance(target, list):
+        index = _list_index(target, leaf, key, where)
+        target[index] = value
+    else:
+        target[leaf] = value
+
+
+def _child(target: Any, part: str, key: str, where: str) -> Any:
+    if isinstance(target, list):
+        return target[_list_index(target, part, key, where)]
+    if not isinstance(target, dict):
+        raise TrainConfigError(f"{where}: override key {key!r} goes inside a non-mapping value")
+    return target.setdefault(part, {})
+
+
+def _list_index(target: list, part: str, key: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(target):
+        raise TrainConfigError(f"{where}: override key {key!r}: {part!r} is not an index of a "
+                               f"list of {len(target)}")
+    return int(part)
+
+
+def build_checked(cls: type, data: Any, where: str, key: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types by name.
+
+    ``where`` names the file, ``key`` the dotted path of ``data`` inside it.
+    """
+    label = f"{where}: {key}" if key else where
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        names = [f"{key}.{u}" if key else u for u in unknown]
+        raise TrainConfigError(f"{where}: unknown key(s) {names}; known here: {sorted(known)}")
+    kwargs = {name: coerce(hints[name], value, where, f"{key}.{name}" if key else name)
+              for name, value in data.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise TrainConfigError(f"{label}: missing required key(s) {missing}")
+    return cls(**kwargs)
+
+
+def coerce(kind: Any, value: Any, where: str, key: str) -> Any:
+    """Check ``value`` against type ``kind``; accept ints for floats and numeric strings
+    (YAML reads ``1e-3`` as a string)."""
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    label = f"{where}: {key}"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(inner[0], value, where, key)
+    if origin is Literal:
+        if value not in args:
+            raise TrainConfigError(f"{label}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(kind):
+        return build_checked(kind, value, where, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise TrainConfigError(f"{label}: expected a list, got {type(value).__name__}")
+        return [coerce(args[0], v, where, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise TrainConfigError(f"{label}: expected a list of {len(args)} values")
+        return tuple(coerce(a, v, where, f"{key}.{i}") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TrainConfigError(f"{label}: expected a mapping, got {type(value).__name__}")
+        return value
+    return _coerce_scalar(kind, value, label)
+
+
+def _coerce_scalar(kind: Any, value: Any, where: str) -> Any:
+    if kind is Any:
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TrainConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool):
+            raise TrainConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TrainConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise TrainConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TrainConfigError(f"{where}: unsupported field type {kind!r}")
+
+
+def check_config(config: TrainConfig, where: str) -> None:
+    """Cross-field checks that need no files (files are checked by :func:`check_paths`)."""
+    m = config.model
+    given = [k for k in ("preset", "config_file", "pretrained", "llava_dir") if getattr(m, k)]
+    if len(given) != 1:
+        raise TrainConfigError(f"{where}: model needs exactly one of preset, config_file, "
+                               f"pretrained, llava_dir; got {given or 'none'}")
+    for name in ("max_steps", "micro_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise TrainConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
+    if not config.data.sources:
+        raise TrainConfigError(f"{where}: data.sources is empty")
+    for i, src in enumerate(config.data.sources):
+        if src.weight <= 0:
+            raise TrainConfigError(f"{where}: data.sources.{i}.weight must be > 0, got {src.weight}")
+    if config.optim.warmup_steps < 0 or not 0.0 <= config.optim.min_lr_ratio <= 1.0:
+        raise TrainConfigError(f"{where}: optim.warmup_steps must be >= 0 and optim.min_lr_ratio "
+                               "in [0, 1]")
+
+
+def check_paths(config: TrainConfig) -> None:
+    """Every file the run will read exists; called before the model is built."""
+    where = config.source_file or "config"
+    wanted = [("deepspeed_config", config.deepspeed_config)]
+    m = config.model
+    wanted += [(f"model.{k}", getattr(m, k)) for k in ("config_file", "pretrained", "llava_dir",
+                                                          "sam_checkpoint") if getattr(m, k)]
+    for i, src in enumerate(config.data.sources):
+        wanted.append((f"data.sources.{i}.path", src.path))
+        if src.image_root:
+            wanted.append((f"data.sources.{i}.image_root", src.image_root))
+    if config.validation.path:
+        wanted.append(("validation.path", config.validation.path))
+    for key, value in wanted:
+        if not Path(value).exists():
+            raise TrainConfigError(f"{where}: {key}: {value} does not exist")

@@ -1,0 +1,49 @@
+"""``segllm train --config configs/train/NAME.yaml [key=value ...] [--resume [PATH]]``.
+
+Start one process with ``segllm train ...``; several with a launcher, e.g.
+``deepspeed --num_gpus 8 -m segllm.train.cli --config ...`` (the module runs the same CLI),
+``torchrun --nproc_per_node 2 -m segllm.train.cli ...`` or, on GPUs,
+``accelerate launch --use_deepspeed --num_processes 8 -m segllm.train.cli ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .args import TrainConfigError, check_paths, load_train_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="a training YAML (configs/train/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. optim.lr=3e-4 data.sources.0.weight=2")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                        help="continue from CHECKPOINT, or from the newest one in output_dir")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env has it too
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_train_config(args.config, args.overrides)
+        check_paths(config)
+    except (TrainConfigError, ValueError) as err:
+        print(f"segllm train: {err}", file=sys.stderr)
+        return 2
+    from .trainer import train
+
+    result = train(config, resume=args.resume)
+    if result.export_dir is not None:
+        print(f"exported merged model to {result.export_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="segllm train", description="train from a YAML config")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The final export: LoRA folded into the base weights, written by ``save_pretrained``.
+
+The result loads with ``SegLLMModel.from_pretrained`` and needs neither peft nor
+bitsandbytes: a QLoRA base is dequantised first, then every adapter is merged in float32
+(a bf16 merge would round ``W + BA``), then the weights are cast to the export dtype.
+The exported config says ``trainable.llm: frozen`` where it said ``lora`` (the adapters are
+gone); a later run chooses what to train through its own overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from segllm.modeling.lora import has_lora, merge_lora
+from segllm.modeling.model import SegLLMModel
+from segllm.quantization import dequantize_linear_layers
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def merged_copy(model: SegLLMModel) -> SegLLMModel:
+    """A float32 CPU copy of ``model`` with LoRA merged (the original is left as it is)."""
+    clone = copy.deepcopy(model).to("cpu")
+    dequantize_linear_layers(clone.language_model, torch.float32)
+    clone.float()
+    if has_lora(clone.language_model):
+        merge_lora(clone.language_model)
+        clone.config = copy.deepcopy(clone.config)
+        clone.config.trainable.llm = "frozen"
+    clone.tokenizer = model.tokenizer
+    clone.apply_trainable()
+    return clone
+
+
+def export_merged(model: SegLLMModel, path: str | Path, dtype: str = "float32") -> Path:
+    """Write the merged model to ``path`` (atomically, by ``save_pretrained``)."""
+    merged = merged_copy(model)
+    merged.to(DTYPES[dtype])
+    return merged.save_pretrained(path)

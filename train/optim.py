@@ -1,0 +1,58 @@
+"""AdamW over the trainable parameters and a warm-up-then-decay learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .args import OptimArgs
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: matrices decay, biases / norms / 1-d do not."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, args: OptimArgs) -> torch.optim.Optimizer:
+    """torch AdamW (a ZeRO-supported client optimizer: no compiled DeepSpeed ops needed)."""
+    groups = parameter_groups(model, args.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters; check model.overrides.trainable")
+    return torch.optim.AdamW(groups, lr=args.lr, betas=args.betas, eps=args.eps)
+
+
+def lr_multiplier(step: int, args: OptimArgs, max_steps: int) -> float:
+    """The factor on ``args.lr`` for the update after ``step`` completed updates.
+
+    Linear warm-up from lr/warmup to lr over ``warmup_steps``, then cosine or linear decay
+    down to ``lr * min_lr_ratio`` at ``max_steps`` (or constant).
+    """
+    if args.warmup_steps and step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    if args.schedule == "constant":
+        return 1.0
+    span = max(1, max_steps - args.warmup_steps)
+    progress = min(1.0, (step - args.warmup_steps) / span)
+    if args.schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif args.schedule == "linear":
+        shape = 1.0 - progress
+    else:
+        raise ValueError(f"unknown schedule {args.schedule!r}")
+    return args.min_lr_ratio + (1.0 - args.min_lr_ratio) * shape
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: OptimArgs,
+                    max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR whose state (its step count) goes into checkpoints."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, args, max_steps))

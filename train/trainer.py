@@ -1,0 +1,179 @@
+"""The training loop: one code path for 1 and N processes.
+
+Per optimizer step, each process runs ``gradient_accumulation_steps`` micro-batches through
+the DeepSpeed engine (forward, backward, step); the engine reduces gradients across processes
+(ZeRO-2), clips, steps AdamW and the scheduler at the accumulation boundary. Logged losses are
+the mean over the step's micro-batches and processes, so one process with accumulation k logs
+the same numbers as k processes without accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segllm.modeling.model import SegLLMModel
+
+from . import checkpoint as ckpt
+from .args import TrainConfig, check_paths
+from .backend import Backend, deepspeed_config, make_backend, training_dtype
+from .data import MixedConversations, StepBatches, batch_loader, count_tokens, read_validation
+from .export import export_merged
+from .model_setup import build_model
+from .optim import build_optimizer, build_scheduler
+from .tracking import MetricsTracker, Progress
+from .validation import per_round_ciou
+
+EXPORT_DIR = "export"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` hands back (on every process; paths are the main process's)."""
+
+    output_dir: Path
+    steps_done: int
+    losses: list[float] = field(default_factory=list)  # per optimizer step of this invocation
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+    model: SegLLMModel | None = None  # the trained (unmerged) module, when keep_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """``None``: fresh run; ``"latest"``: the newest complete checkpoint (fresh when none);
+    a path: that checkpoint, which must exist."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return ckpt.latest_checkpoint(output_dir)
+    path = Path(resume)
+    ckpt.read_trainer_state(path)  # raises, naming the path, when incomplete
+    return path
+
+
+def micro_losses(out) -> dict[str, float]:
+    """Scalars of one forward for the log (the mask loss is the weighted BCE + Dice)."""
+    def scalar(t: torch.Tensor) -> float:
+        return float(t.detach().float().item())
+
+    return {"loss": scalar(out.loss), "ce_loss": scalar(out.ce_loss),
+            "bce_loss": scalar(out.bce_loss), "dice_loss": scalar(out.dice_loss),
+            "num_masks": float(out.num_masks)}
+
+
+def train(config: TrainConfig, resume: str | None = None, keep_model: bool = False) -> TrainResult:
+    """Run (or continue) the training that ``config`` describes."""
+    check_paths(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    output_dir = Path(config.output_dir)
+    backend = make_backend(config)
+    try:
+        return _train(config, backend, output_dir, resume, keep_model)
+    finally:
+        backend.close()
+
+
+def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str | None,
+           keep_model: bool) -> TrainResult:
+    world, rank = backend.world_size, backend.rank
+    resume_from = resolve_resume(resume, output_dir)
+    seed_everything(config.seed)
+    model = build_model(config.model)
+    data = MixedConversations.from_args(config.data, config.seed, model.tokenizer, model.config)
+    ds_config = deepspeed_config(config, world)
+    dtype = training_dtype(ds_config)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.max_steps)
+    engine = backend.prepare(model, optimizer, scheduler, ds_config)
+    module: SegLLMModel = engine.module
+    fingerprint = ckpt.frozen_fingerprint(module)
+    global_batch = config.global_batch_size(world)
+    expected = {"world_size": world, "global_batch_size": global_batch,
+                "frozen_fingerprint": fingerprint}
+
+    start_step = 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(engine, backend, resume_from, expected)
+        start_step = int(state["step"])
+    if backend.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    tracker = MetricsTracker(output_dir, backend.is_main, config.logging.tensorboard,
+                             resume_step=start_step if resume_from is not None else None)
+    progress = Progress(backend.is_main and config.logging.progress, config.max_steps, start_step)
+    val_source = (read_validation(config.validation.path, config.validation.image_root,
+                                  config.validation.max_samples, config.data.validate_records)
+                  if config.validation.path else None)
+
+    batches = StepBatches(data, start_step, config.max_steps, rank, world,
+                          config.micro_batch_size, config.gradient_accumulation_steps)
+    loader = iter(batch_loader(batches, model.config.token_ids["pad"], config.data.num_workers))
+    result = TrainResult(output_dir=output_dir, steps_done=start_step)
+    accumulation = config.gradient_accumulation_steps
+
+    def trainer_state(step: int) -> dict[str, Any]:
+        return {"step": step, "samples_seen": step * global_batch,
+                "data_position": step * global_batch, "seed": config.seed, **expected}
+
+    for step in range(start_step, config.max_steps):
+        started = time.perf_counter()
+        lr = float(engine.get_lr()[0])
+        sums: dict[str, float] = defaultdict(float)
+        tokens = 0
+        for _ in range(accumulation):
+            batch = next(loader).to(engine.device, dtype)
+            out = engine(batch)
+            backend.backward_and_step(out.loss)
+            for key, value in micro_losses(out).items():
+                sums[key] += value / accumulation
+            tokens += count_tokens(batch)
+        stats = backend.mean_across_processes({**sums, "tokens": float(tokens)})
+        elapsed = time.perf_counter() - started
+        stats["mask_loss"] = (module.config.loss.bce_weight * stats["bce_loss"]
+                              + module.config.loss.dice_weight * stats["dice_loss"])
+        grad_norm = engine.get_global_grad_norm()
+        metrics = {"step": step + 1, "lr": lr, **{k: v for k, v in stats.items() if k != "tokens"},
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "samples_per_s": global_batch / elapsed,
+                   "tokens_per_s": stats["tokens"] * world / elapsed,
+                   "samples_seen": (step + 1) * global_batch}
+        result.losses.append(stats["loss"])
+        result.steps_done = step + 1
+        if backend.is_main and (step + 1) % config.logging.every == 0:
+            tracker.log(metrics)
+        progress.update(metrics)
+        done = step + 1 == config.max_steps
+        if done or (config.checkpoint.every and (step + 1) % config.checkpoint.every == 0):
+            result.checkpoint = ckpt.save_checkpoint(engine, backend, output_dir, step + 1,
+                                                     trainer_state(step + 1),
+                                                     keep=config.checkpoint.keep)
+        if val_source is not None and (done or (config.validation.every
+                                                and (step + 1) % config.validation.every == 0)):
+            if backend.is_main:
+                tracker.log({"step": step + 1, **per_round_ciou(
+                    module, val_source, config.validation.batch_size, engine.device, dtype)})
+            backend.barrier()
+    progress.close()
+    tracker.close()
+    if config.checkpoint.export and result.steps_done == config.max_steps and backend.is_main:
+        result.export_dir = export_merged(module, output_dir / EXPORT_DIR,
+                                          config.checkpoint.export_dtype)
+    backend.barrier()
+    if keep_model:
+        result.model = module
+    return result
