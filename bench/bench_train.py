@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/bench_train.py [--presets tiny small] [--steps 3] [--threads N]
 
-One step = forward + backward + AdamW over the trainable parameters, in bf16 autocast (what
-the DeepSpeed bf16 engine computes, without the engine's bookkeeping), on synthetic
-conversations. FLOPs of a step are counted by ``torch.utils.flop_counter`` over the real ops;
+One step = forward + backward + AdamW over the trainable parameters, with the mixed precision of
+DeepSpeed's bf16 engine (without its bookkeeping): the module in bf16, fp32 master weights in a
+fused AdamW, gradients copied up and weights copied back each step; synthetic conversations. FLOPs of a step are counted by ``torch.utils.flop_counter`` over the real ops;
 the peak is a large bf16 matmul timed in the same run; MFU = achieved / peak.
 """
 
@@ -41,19 +41,34 @@ def make_batch(model: SegLLMModel, batch_size: int, image_size: int):
     return build_batch(items, model.tokenizer, model.config)
 
 
-def train_step(model, optimizer, batch) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(batch).loss
-    loss.backward()
+class MasterWeights:
+    """fp32 copies of a bf16 module's trainable weights and a fused AdamW over them."""
+
+    def __init__(self, model, lr: float = 1e-4):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.master = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        self.optimizer = torch.optim.AdamW(self.master, lr=lr, fused=True)
+
+    def step(self) -> None:
+        for p, m in zip(self.params, self.master):
+            m.grad = p.grad.float()
+            p.grad = None
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                p.copy_(m)
+
+
+def train_step(model, optimizer: MasterWeights, batch) -> None:
+    model(batch).loss.backward()
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
 
 
 def bench_preset(name: str, batch_size: int, steps: int, image_size: int) -> dict:
     torch.manual_seed(0)
-    model = SegLLMModel.from_config(SegLLMConfig.from_name(name))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    batch = make_batch(model, batch_size, image_size)
+    model = SegLLMModel.from_config(SegLLMConfig.from_name(name)).to(torch.bfloat16)
+    optimizer = MasterWeights(model)
+    batch = make_batch(model, batch_size, image_size).to("cpu", torch.bfloat16)
     counter = FlopCounterMode(display=False)
     with counter:
         train_step(model, optimizer, batch)

@@ -136,6 +136,9 @@ class SegLLMModel(nn.Module):
         self.decoder.sam.image_encoder.requires_grad_(t.sam_image_encoder)
         self.decoder.sam.prompt_encoder.requires_grad_(t.sam_prompt_encoder)
         self.decoder.sam.mask_decoder.requires_grad_(t.sam_mask_decoder)
+        # No loss supervises SAM's predicted IoU, so its head would be "trainable" without ever
+        # receiving a gradient; keep it as loaded (its scores stay SAM's own estimate).
+        self.decoder.sam.mask_decoder.iou_prediction_head.requires_grad_(False)
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:
         """``{component: {"total": n, "trainable": n}}`` plus an ``"all"`` row."""

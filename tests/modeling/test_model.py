@@ -136,6 +136,8 @@ def test_no_target_round_and_lisa_style_model_without_mask_encoder(tiny_tokenize
     out.loss.backward()
     assert out.num_masks == 1 and [len(r) for r in out.masks_by_round(0, 2)] == [1, 0]
     assert model.decoder.sam.mask_decoder.output_upscaling[0].weight.grad is not None
+    for name, p in model.named_parameters():  # a trained decoder: still exactly the trainable set
+        assert (p.grad is not None) == p.requires_grad, name
     # a reference needs the mask encoder
     record2, image2 = make_conversation("needs-encoder")
     with pytest.raises(ValueError, match="no mask encoder"):
