@@ -50,12 +50,12 @@ class MasterWeights:
         self.optimizer = torch.optim.AdamW(self.master, lr=lr, fused=True)
 
     def step(self) -> None:
-        for p, m in zip(self.params, self.master):
+        for p, m in zip(self.params, self.master, strict=True):
             m.grad = p.grad.float()
             p.grad = None
         self.optimizer.step()
         with torch.no_grad():
-            for p, m in zip(self.params, self.master):
+            for p, m in zip(self.params, self.master, strict=True):
                 p.copy_(m)
 
 

@@ -150,3 +150,23 @@ class Builder:
                 out.write_record(record)
                 stats.count_written(record)
         return stats
+
+
+class PerImageBuilder(Builder):
+    """A builder that makes at most one conversation per image of ``self.images``.
+
+    Training splits leave out images of the RefCOCO/+/g evaluation splits (leakage).
+    """
+
+    images: list[dict]
+
+    def iter_records(self, stats: BuildStats) -> Iterator[dict]:
+        for image in self.images:
+            if self.split == "train" and self.is_excluded(image["id"], stats):
+                continue
+            record = self._conversation(image, stats)
+            if record is not None:
+                yield record
+
+    def _conversation(self, image: dict, stats: BuildStats) -> dict | None:
+        raise NotImplementedError

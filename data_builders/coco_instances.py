@@ -10,16 +10,15 @@ Crowd regions are never targets (counted as ``crowd_annotation``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
-from .base import Builder, BuildStats
+from .base import BuildStats, PerImageBuilder
 from .coco_format import annotation_to_obj, index_annotations, load_json
 from .compose import Planner
 from .geometry import Obj
 from .rounds import ALL_OF_CATEGORY_QUESTIONS, CATEGORY_QUESTIONS, clean_name, plural
 
 
-class CocoInstancesBuilder(Builder):
+class CocoInstancesBuilder(PerImageBuilder):
     """Conversations over one image's instances: "Segment the dog.", "Segment all the cups.",
     positional rounds relative to earlier targets, and absent-category rounds.
 
@@ -48,14 +47,6 @@ class CocoInstancesBuilder(Builder):
     def absent_categories(self, image: dict, present: set[int]) -> list[int]:
         """Categories known to be absent from the image."""
         return sorted(set(self.categories) - present)
-
-    def iter_records(self, stats: BuildStats) -> Iterator[dict]:
-        for image in self.images:
-            if self.split == "train" and self.is_excluded(image["id"], stats):
-                continue
-            record = self._conversation(image, stats)
-            if record is not None:
-                yield record
 
     def _objects(self, image: dict, stats: BuildStats, record_id: str) -> tuple[list[Obj], set[int]]:
         objects, present = [], set()

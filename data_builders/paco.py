@@ -9,9 +9,8 @@ the object it belongs to for a part. Images are COCO 2017 (``file_name`` like
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
-from .base import Builder, BuildStats
+from .base import BuildStats, PerImageBuilder
 from .coco_format import annotation_to_obj, index_annotations, load_json
 from .compose import Planner
 from .geometry import Obj
@@ -25,7 +24,7 @@ def split_category(name: str) -> tuple[str, str | None]:
     return clean_name(whole), (clean_name(part) if part else None)
 
 
-class PacoBuilder(Builder):
+class PacoBuilder(PerImageBuilder):
     """Object -> part and part -> object conversations from PACO-LVIS."""
 
     name = "paco-lvis"
@@ -40,14 +39,6 @@ class PacoBuilder(Builder):
 
     def total(self) -> int:
         return len(self.images)
-
-    def iter_records(self, stats: BuildStats) -> Iterator[dict]:
-        for image in self.images:
-            if self.split == "train" and self.is_excluded(image["id"], stats):
-                continue
-            record = self._conversation(image, stats)
-            if record is not None:
-                yield record
 
     def _conversation(self, image: dict, stats: BuildStats) -> dict | None:
         record_id = f"{self.name}-{self.split}-{image['id']}"

@@ -40,6 +40,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from segllm.records import RecordError, iter_jsonl
+
 from . import rle as rle_ops
 from .errors import EvalInputError
 
@@ -52,19 +54,10 @@ MODES = (MODE_OWN, MODE_GT)
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON Lines file; blank lines are skipped, a bad line is an error naming its number."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{path}: line {number} is not JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise EvalInputError(f"{path}: line {number} is not a JSON object")
-            records.append(record)
-    return records
+    try:
+        return [record for _, record in iter_jsonl(path)]
+    except RecordError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
 def _record_id(record: dict, where: str) -> str:

@@ -34,9 +34,9 @@ def test_template_and_labels(tiny_tokenizer):
                     "Sure, [SEG].</s>USER: Now the shape left of <mask_crop><mask_box>. "
                     "ASSISTANT: [SEG] and [SEG].</s>")
     # labels: exactly the answers and their </s>
-    supervised = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX]
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE_INDEX]
     assert tok.decode(supervised) == " Sure, [SEG].</s> [SEG] and [SEG].</s>"
-    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(enc.input_ids, enc.labels))
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(enc.input_ids, enc.labels, strict=True))
     assert set(enc.round_ids) == {0, 1} and len(enc.round_ids) == len(enc.input_ids)
 
 

@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from segllm import cli
 from segllm.data_builders.ade20k import Ade20kBuilder
 from segllm.data_builders.coco_format import SourceError
 from segllm.data_builders.coco_instances import CocoInstancesBuilder, LvisBuilder
@@ -19,8 +21,6 @@ from segllm.data_builders.pascal_parts import PascalPartsBuilder, decode_uids
 from segllm.data_builders.reasonseg import ReasonSegBuilder
 from segllm.data_builders.refcoco import RefCocoBuilder
 from segllm.data_builders.visual_genome import VisualGenomeBuilder
-
-from segllm import cli
 from segllm.masks import decode_rle, mask_to_bbox
 from segllm.records import read_jsonl
 

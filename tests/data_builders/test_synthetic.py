@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+
 from segllm.data_builders import synthetic
 from segllm.data_builders.geometry import Obj, satisfies
 from segllm.data_builders.rounds import POSITIONAL_QUESTIONS
-
 from segllm.masks import decode_rle, mask_to_bbox
 from segllm.records import read_jsonl, validate_conversation, validate_gcg
 from segllm.tokens import SEG_TOKEN

@@ -32,7 +32,7 @@ def test_save_load_is_bit_identical(tmp_path, tiny_model, tiny_batch):
     loaded = SegLLMModel.from_pretrained(tmp_path / "m")
     after = outputs(loaded, tiny_batch)
     assert torch.equal(before.logits, after.logits)
-    for a, b in zip(before.mask_logits, after.mask_logits):
+    for a, b in zip(before.mask_logits, after.mask_logits, strict=True):
         assert torch.equal(a, b)
     assert torch.equal(before.loss, after.loss)
     assert loaded.config == tiny_model.config
