@@ -162,12 +162,21 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
+def _overlay_scale(height: int, width: int, min_side: int) -> int:
+    """Whole enlargement factor that brings the shorter side to ``min_side`` (capped at 4096)."""
+    if min_side <= 0 or min(height, width) >= min_side:
+        return 1
+    scale = -(-min_side // min(height, width))
+    return max(1, min(scale, 4096 // max(height, width)))
+
+
 def render_overlay(
     image: Any,
     masks: Sequence[np.ndarray | RLE],
     labels: Sequence[str] | None = None,
     alpha: float = 0.5,
     colors: Sequence[tuple[int, int, int]] | None = None,
+    min_side: int = 0,
 ) -> Any:
     """Draw coloured translucent masks with a label each (e.g. the round index) on an image.
 
@@ -177,6 +186,9 @@ def render_overlay(
         labels: one text per mask, drawn at the mask's box corner; ``None`` draws none.
         alpha: opacity of the mask colour.
         colors: RGB per mask; the default cycles :data:`PALETTE`.
+        min_side: enlarge (nearest neighbour, whole factors) an image whose shorter side is
+            below this before drawing labels, so a label does not cover a small image's masks;
+            never past 4096 px on the longer side. 0 keeps the input size.
 
     Returns:
         A new RGB ``PIL.Image.Image``; the input is not modified.
@@ -199,12 +211,15 @@ def render_overlay(
         canvas[binary] = (1.0 - alpha) * canvas[binary] + alpha * color
         binaries.append(binary)
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    scale = _overlay_scale(height, width, min_side)
+    if scale > 1:
+        out = out.resize((width * scale, height * scale), Image.NEAREST)
     if labels:
         draw = ImageDraw.Draw(out)
         for i, (binary, text) in enumerate(zip(binaries, labels, strict=True)):
             if not binary.any():
                 continue
-            x, y, _, _ = mask_to_bbox(binary)
+            x, y = (scale * int(v) for v in mask_to_bbox(binary)[:2])
             left, top, right, bottom = draw.textbbox((x, y), str(text))
             draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=palette[i % len(palette)])
             draw.text((x, y), str(text), fill=(255, 255, 255))

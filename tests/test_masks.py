@@ -105,3 +105,19 @@ def test_render_overlay_rejects_mismatched_sizes():
         masks.render_overlay(np.zeros((10, 10, 3), np.uint8), [np.zeros((5, 5))])
     with pytest.raises(ValueError, match="labels"):
         masks.render_overlay(np.zeros((10, 10, 3), np.uint8), [np.zeros((10, 10))], labels=["a", "b"])
+
+
+def test_overlay_of_a_small_image_is_enlarged_so_labels_stay_small():
+    from segllm.masks import render_overlay
+
+    image = np.zeros((64, 48, 3), dtype=np.uint8)
+    mask = np.zeros((64, 48), dtype=bool)
+    mask[40:60, 30:44] = True
+    out = render_overlay(image, [mask], labels=["round 0"], min_side=200)
+    assert out.size == (48 * 5, 64 * 5)  # ceil(200 / 48) = 5, whole factor, nearest
+    arr = np.asarray(out)
+    # the mask is still visible beside its label: its lower-right part is blended colour
+    assert arr[59 * 5 + 2, 43 * 5 + 2].any() and not arr[5, 5].any()
+    assert render_overlay(image, [mask], labels=["r"]).size == (48, 64)  # default: input size
+    huge = np.zeros((40, 4000, 3), dtype=np.uint8)
+    assert render_overlay(huge, [], min_side=400).size == (4000, 40)  # capped at 4096 px

@@ -162,8 +162,26 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         apply_override(data, item, where=str(path))
     config = build_checked(TrainConfig, data, str(path))
     config.source_file = str(path)
+    resolve_shipped_configs(config, path)
     check_config(config, str(path))
     return config
+
+
+def resolve_shipped_configs(config: TrainConfig, source: Path) -> None:
+    """Let a recipe name the project's own config files (``configs/ds_zero2.json``) from
+    anywhere: a relative path missing from the working directory is looked up beside the
+    recipe and in its parent folders. Data paths stay relative to the working directory."""
+    def resolve(value: str | None) -> str | None:
+        if not value or Path(value).is_absolute() or Path(value).exists():
+            return value
+        for folder in source.resolve().parents:
+            candidate = folder / value
+            if candidate.exists():
+                return str(candidate)
+        return value
+
+    config.deepspeed_config = resolve(config.deepspeed_config)
+    config.model.config_file = resolve(config.model.config_file)
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -160,6 +160,10 @@ def round_folder(out: Path, round_index: int) -> Path:
     return out / f"round_{round_index:02d}"
 
 
+OVERLAY_MIN_SIDE = 384
+"""Overlays of smaller images are enlarged to this so the round labels stay small beside them."""
+
+
 def save_round(out: Path, image, reply) -> Path:
     """Write a round's masks (PNG), their RLE (JSON) and the overlay; returns the folder."""
     from PIL import Image
@@ -178,7 +182,8 @@ def save_round(out: Path, image, reply) -> Path:
               "height": image.height, "width": image.width, "masks": entries,
               "warnings": reply.warnings}
     (folder / "masks.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    render_overlay(image, reply.masks, labels=overlay_labels(reply)).save(folder / "overlay.png")
+    render_overlay(image, reply.masks, labels=overlay_labels(reply),
+                   min_side=OVERLAY_MIN_SIDE).save(folder / "overlay.png")
     return folder
 
 

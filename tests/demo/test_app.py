@@ -23,7 +23,7 @@ def test_upload_two_rounds_undo_and_download(demo, image_file):
     assert chat[3]["content"] == "Sure, [SEG]."
     assert [caption for _, caption in gallery] == ["round 0: Sure, [SEG].", "round 1: Sure, [SEG]."]
     overlay = Image.open(gallery[1][0])
-    assert overlay.size == (64, 48)
+    assert overlay.size == (64 * 8, 48 * 8)  # enlarged to a 384 px shorter side for the labels
     with zipfile.ZipFile(download) as archive:
         names = set(archive.namelist())
     assert {"round_00/mask_0.png", "round_00/masks.json", "round_00/overlay.png",

@@ -78,7 +78,8 @@ def test_upload_two_rounds_and_the_overlays_appear(server, page, image_file, tmp
     expect(overlays).to_have_count(2, timeout=TIMEOUT_MS)
     expect(page.locator("#overlays")).to_contain_text("round 1: Sure, [SEG].")
     for i in range(2):  # the overlay images really loaded
-        assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth") == 64
+        # a 64x48 image's overlay is enlarged 8x (a 384 px shorter side) so its labels stay small
+        assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth") == 64 * 8
     expect(page.locator("#download")).to_contain_text(".zip", timeout=TIMEOUT_MS)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "demo_two_rounds.png"

@@ -51,7 +51,9 @@ def test_script_mode_saves_masks_rle_and_overlay_per_round(model_dir, image_file
         assert np.array_equal(decode_rle(entry["rle"]), png // 255)
         assert isinstance(entry["score"], float) and len(entry["bbox"]) == 4
     overlay = np.asarray(Image.open(out / "round_01" / "overlay.png").convert("RGB"))
-    assert overlay.shape == (48, 64, 3)
+    scale = -(-chat.OVERLAY_MIN_SIDE // 48)  # small images are enlarged so labels stay small
+    assert overlay.shape == (48 * scale, 64 * scale, 3)
+    overlay = overlay[::scale, ::scale]  # back to the image grid (nearest-neighbour enlargement)
     covered = decode_rle(record["masks"][0]["rle"]).astype(bool)
     if covered.any():  # coloured where the mask is
         assert not np.array_equal(overlay[covered], image[covered])

@@ -70,3 +70,17 @@ def test_deepspeed_auto_values_are_filled_and_conflicts_named(tmp_path):
     with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu is 1 but the training "
                                          "arguments give 3"):
         deepspeed_config(cfg, world_size=8)
+
+
+def test_shipped_config_files_resolve_from_any_directory(tmp_path, monkeypatch):
+    """configs/ds_zero2.json named by a recipe is found beside it when run from elsewhere."""
+    from pathlib import Path
+
+    from segllm.train.args import load_train_config
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "train" / "tiny-synthetic.yaml"
+    monkeypatch.chdir(tmp_path)
+    config = load_train_config(recipe, ["validation.path=null"])
+    assert Path(config.deepspeed_config).is_file()
+    assert Path(config.deepspeed_config).name == "ds_zero2.json"
+    assert config.data.sources[0].path == "data/synthetic/synthetic.jsonl"  # data stays relative
