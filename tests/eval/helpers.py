@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from segllm.eval.predictor import SimpleReply
 
@@ -101,3 +105,17 @@ class FakePredictor:
         session = FakeSession(self.script, image)
         self.sessions.append(session)
         return session
+
+
+def reference_cocoeval_stats(dataset: dict, results: list[dict]) -> list[float]:
+    """pycocotools' own segm COCOeval on a hand-built COCO dataset and results: the 12 stats
+    (AP, AP50, AP75, ...), the reference our metrics are compared with."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(results), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(v) for v in ev.stats]

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from segllm.eval import gcg
 from segllm.eval import rle as rle_ops
 from segllm.eval.text_similarity import FunctionSimilarity, cosine_matrix
 
-from .helpers import rect, rle
+from .helpers import rect, reference_cocoeval_stats, rle
 
 H, W = 10, 100
 cols = lambda a, b: rect(H, W, 0, H, a, b)  # noqa: E731
@@ -121,15 +116,7 @@ def cocoeval_ap50(images) -> float:
                                            "iscrowd": 0, "segmentation": r, "area": float(m.sum()),
                                            "bbox": [0, 0, 1, 1]})
         results += [{"image_id": i + 1, "category_id": 1, "segmentation": rle(m), "score": s} for m, s in pred_list]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = dataset
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(results), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1])
+    return float(reference_cocoeval_stats(dataset, results)[1])
 
 
 def test_ap50_hand_computed():

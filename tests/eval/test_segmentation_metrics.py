@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from segllm.eval import segmentation_metrics as sm
 
-from .helpers import rect, rle
+from .helpers import rect, reference_cocoeval_stats, rle
 
 H, W = 10, 100
 cols = lambda a, b: rect(H, W, 0, H, a, b)  # noqa: E731
@@ -49,16 +44,9 @@ def test_coco_ap_equals_cocoeval_with_two_categories():
                                            "segmentation": rle(m), "area": float(m.sum()), "bbox": [0, 0, 1, 1]})
         results += [{"image_id": i + 1, "category_id": 1 if c == "apple" else 2, "segmentation": rle(m), "score": s}
                     for c, m, s in pred_segs]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = dataset
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(results), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    stats = reference_cocoeval_stats(dataset, results)
     got = sm.coco_ap(gt, preds)
-    assert (got["ap"], got["ap50"], got["ap75"]) == pytest.approx(tuple(float(v) for v in ev.stats[:3]), abs=1e-12)
+    assert (got["ap"], got["ap50"], got["ap75"]) == pytest.approx(tuple(stats[:3]), abs=1e-12)
 
 
 def test_panoptic_quality_hand_case():
