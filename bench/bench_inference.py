@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_inference.py [--rounds 8] [--answer "Sure, it is [SEG]."]
                                               [--repeats 3] [--skip-memory]
 
-1. Latency per round of one conversation, with the KV cache and SAM features kept between
+1. Latency per round of one conversation, with the KV cache and decoder features kept between
    rounds, and recomputing the whole history (image features included) every round, as LISA's
    chat and SegLLM's inference script do. Every round's answer is forced token by token to the
    same text, so both modes decode the same number of tokens and emit the same [SEG]; round r
@@ -47,7 +47,7 @@ def conversation_latency(pipeline, image, answer: str, rounds: int, reuse_cache:
                                   logits_processors=(ForcedTokens.from_text(pipeline, answer),))
     started = time.perf_counter()
     session = pipeline.start(image, reuse_cache=reuse_cache, generation=generation)
-    setup = time.perf_counter() - started  # SAM features, computed once (cache mode)
+    setup = time.perf_counter() - started  # decoder features, computed once (cache mode)
     times, tokens = [], []
     for i, question in enumerate(questions(rounds)):
         t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def memory_table() -> None:
                                   str(root)], capture_output=True, text=True, check=True)
             results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     mib = 2**20
-    print("\n## memory of the small preset on CPU (weights by component; SAM kept in fp32)")
+    print("\n## memory of the small preset on CPU (weights by component; decoder kept in fp32)")
     print(f"{'component':<20} {'bf16 MiB':>9} {'4-bit LLM MiB':>14}")
     for name in results["bf16"]["components"]:
         a, b = results["bf16"]["components"][name], results["4bit"]["components"][name]

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segllm.batching import build_batch  # noqa: E402
 from segllm.config import SegLLMConfig  # noqa: E402
 from segllm.modeling.model import SegLLMModel  # noqa: E402
+from segllm.train.objective import compute_objective
 from tests.conftest import make_conversation  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def bench(preset: str, steps: int, image: int) -> dict:
     times = []
     for step in range(steps + 1):  # the first step warms up allocators and kernels
         t0 = time.perf_counter()
-        out = model(batch)
+        out = compute_objective(model, batch)
         out.loss.backward()
         for p in params:
             p.grad = None

@@ -20,6 +20,7 @@ from segllm.batching import build_batch
 from segllm.config import SegLLMConfig
 from segllm.data_builders.synthetic import generate_conversations
 from segllm.modeling.model import SegLLMModel
+from segllm.train.objective import compute_objective
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -60,7 +61,7 @@ class MasterWeights:
 
 
 def train_step(model, optimizer: MasterWeights, batch) -> None:
-    model(batch).loss.backward()
+    compute_objective(model, batch).loss.backward()
     optimizer.step()
 
 

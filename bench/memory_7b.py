@@ -11,9 +11,9 @@ Rows, per GPU, in GiB:
   the decoder layer's Linear/RMSNorm shapes: every Linear keeps its input, each RMSNorm its
   input, SwiGLU keeps gate, up and their product, attention through SDPA/flash keeps q, k, v
   and its output (no L x L matrix). With checkpointing only each layer's input is kept, plus
-  one layer's activations during its recomputation. The CLIP tower and SAM are frozen with
-  frozen inputs, so autograd keeps nothing for them; the logits ([tokens, vocab] in fp32 for
-  the loss) are added once.
+  one layer's activations during its recomputation. The CLIP tower and the mask decoder are
+  frozen with frozen inputs, so autograd keeps nothing for them; the logits ([tokens, vocab]
+  in fp32 for the loss) are added once.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every builder shares: counters, seeded randomness, validation and atomic output.
 
-A builder turns one source data set into records (DESIGN.md section 3). Subclasses only
-implement :meth:`Builder.iter_records`; :meth:`Builder.build` validates every record, counts
+A builder turns one source data set into records (docs/architecture.md, "Record formats").
+Subclasses only implement :meth:`Builder.iter_records`; :meth:`Builder.build` validates every record, counts
 what was written and what was skipped (by reason), and writes the JSONL atomically.
 """
 

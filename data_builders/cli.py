@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-rounds", type=int, default=1, help="synthetic: fewest rounds")
     parser.add_argument("--workers", type=int, default=1, help="synthetic: worker processes")
     parser.add_argument("--no-gcg", action="store_true", help="synthetic: do not write GCG records")
+    parser.add_argument("--plain-answers", action="store_true",
+                        help="synthetic: answer 'Sure, [SEG].' instead of naming each target "
+                             "before its [SEG] ('It is the red circle [SEG].')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -129,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
             stats = write_synthetic(args.output, args.num, args.seed, image_size=args.image_size,
                                     min_rounds=args.min_rounds, max_rounds=args.rounds or 8,
-                                    gcg=not args.no_gcg, progress=not args.no_progress, workers=args.workers)
+                                    gcg=not args.no_gcg, progress=not args.no_progress,
+                                    workers=args.workers, describe=not args.plain_answers)
             summary = stats.to_dict()
         else:
             builder = make_builder(args)

@@ -50,12 +50,40 @@ def answer_for(n_targets: int, rng: random.Random, missing: str = "such object")
     return rng.choice(("{segs}.", "Sure, {segs}.", "They are {segs}.")).format(segs=seg_list(n_targets))
 
 
+DESCRIBED_SINGLE = ("Sure, it is the {item}.", "It is the {item}.", "The {item}.",
+                    "Sure, the {item}.")
+DESCRIBED_MANY = ("{items}.", "Sure, {items}.", "They are {items}.")
+
+
+def described_answer(names: Sequence[str], rng: random.Random) -> str:
+    """An answer that names each target right before its ``[SEG]``: "It is the red circle [SEG]."
+
+    The state that predicts each ``[SEG]`` then follows the words naming its target, so a
+    language model trained from scratch learns to carry what it segments into that state
+    (with answers like "Sure, [SEG]." it has no reason to look back at the question).
+    """
+    items = [f"{name} {SEG_TOKEN}" for name in names]
+    if len(items) == 1:
+        return rng.choice(DESCRIBED_SINGLE).format(item=items[0])
+    listed = ", ".join(f"the {i}" for i in items[:-1]) + f" and the {items[-1]}"
+    answer = rng.choice(DESCRIBED_MANY).format(items=listed)
+    return answer[0].upper() + answer[1:]
+
+
 def make_round(question: str, targets: Sequence[dict], kind: str, rng: random.Random,
-               refs: Sequence[int] = (), missing: str = "such object") -> dict:
-    """One round in the record layout, refs sorted as the question's ``<ref:k>`` order allows."""
+               refs: Sequence[int] = (), missing: str = "such object",
+               describe: bool = False) -> dict:
+    """One round in the record layout, refs sorted as the question's ``<ref:k>`` order allows.
+
+    ``describe``: name every target (its ``label``) before its ``[SEG]`` (:func:`described_answer`).
+    """
+    if describe and targets:
+        answer = described_answer([t["label"] for t in targets], rng)
+    else:
+        answer = answer_for(len(targets), rng, missing)
     return {
         "question": question,
-        "answer": answer_for(len(targets), rng, missing),
+        "answer": answer,
         "targets": list(targets),
         "refs": sorted(set(refs)),
         "type": kind,

@@ -7,7 +7,8 @@ the scene, so "the shape closest to the left of <ref:0>" really is left of round
 A scene holds 3 to 6 top-level shapes on a 3x3 grid (circle, triangle, square, pentagon,
 hexagon, "square with a hole"); some contain a smaller shape of another colour (a part: its
 whole's mask covers it), and some pairs are linked by a drawn line. Rounds come in every
-type of DESIGN.md section 3, plus rounds with several targets and "no such object" rounds.
+type of docs/architecture.md ("Record formats"), plus rounds with several targets and
+"no such object" rounds.
 
 Python API::
 
@@ -212,9 +213,10 @@ def generate_scene(rng: random.Random, image_size: int = 64) -> Scene:
 class _Conversation:
     """Rounds being built for one scene; each generator returns a round or ``None``."""
 
-    def __init__(self, scene: Scene, rng: random.Random):
+    def __init__(self, scene: Scene, rng: random.Random, describe: bool = True):
         self.scene = scene
         self.rng = rng
+        self.describe = describe
         self.rounds: list[dict] = []
         self.targets: list[list[int]] = []  # shape ids per round
         self.by_id = {s.id: s for s in scene.shapes}
@@ -236,7 +238,8 @@ class _Conversation:
         if self._asked(question):
             return None
         shapes = sorted(shapes, key=lambda s: (s.as_obj().center, s.id))
-        return make_round(question, [s.as_target() for s in shapes], kind, self.rng, refs, missing), [
+        return make_round(question, [s.as_target() for s in shapes], kind, self.rng, refs, missing,
+                          describe=self.describe), [
             s.id for s in shapes
         ]
 
@@ -377,9 +380,10 @@ class _Conversation:
 
 
 def scene_to_conversation(scene: Scene, rng: random.Random, record_id: str, image_path: str,
-                          num_rounds: int) -> dict:
-    """An MRSeg record of (up to) ``num_rounds`` rounds about a scene."""
-    conversation = _Conversation(scene, rng)
+                          num_rounds: int, describe: bool = True) -> dict:
+    """An MRSeg record of (up to) ``num_rounds`` rounds about a scene; ``describe``: answers
+    name each target before its ``[SEG]`` (see ``rounds.described_answer``)."""
+    conversation = _Conversation(scene, rng, describe)
     while len(conversation.rounds) < num_rounds and conversation.add_round():
         pass
     size = scene.image.shape[0]
@@ -420,7 +424,7 @@ def _scene_rng(seed: int, index: int) -> random.Random:
 
 def generate_conversations(
     num: int, seed: int, image_size: int = 64, min_rounds: int = 1, max_rounds: int = 8,
-    start: int = 0,
+    start: int = 0, describe: bool = True,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield ``num`` (MRSeg record, ``(H, W, 3)`` uint8 image) pairs, deterministic in ``seed``.
 
@@ -430,12 +434,12 @@ def generate_conversations(
     if not 1 <= min_rounds <= max_rounds:
         raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}")
     for index in range(start, start + num):
-        record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds)
+        record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe)
         yield record, scene.image
 
 
 def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int = 1,
-                    max_rounds: int = 8) -> tuple[dict, Scene]:
+                    max_rounds: int = 8, describe: bool = True) -> tuple[dict, Scene]:
     """Record ``index`` of the set for ``seed``, with the :class:`Scene` it describes."""
     rng = _scene_rng(seed, index)
     # a scene that cannot give min_rounds rounds is redrawn (rare: tiny scenes)
@@ -443,7 +447,7 @@ def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int
         scene = generate_scene(rng, image_size)
         wanted = rng.randint(min_rounds, max_rounds)
         record = scene_to_conversation(scene, rng, f"synthetic-{seed}-{index:06d}",
-                                       f"images/{index:06d}.png", wanted)
+                                       f"images/{index:06d}.png", wanted, describe)
         if len(record["rounds"]) >= min_rounds or attempt == 9:
             return record, scene
     raise AssertionError("unreachable")
@@ -464,8 +468,8 @@ def _render_one(job: tuple) -> tuple[dict, dict | None]:
     """
     from PIL import Image
 
-    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg = job
-    record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds)
+    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg, describe = job
+    record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe)
     validate_conversation(record)  # a generator bug must fail loudly, not be skipped
     Image.fromarray(scene.image).save(os.path.join(output_dir, record["image"]), compress_level=1)
     gcg_record = None
@@ -477,6 +481,7 @@ def _render_one(job: tuple) -> tuple[dict, dict | None]:
 def write_synthetic(
     output_dir: str | os.PathLike, num: int, seed: int, image_size: int = 64, min_rounds: int = 1,
     max_rounds: int = 8, gcg: bool = True, progress: bool = False, workers: int = 1,
+    describe: bool = True,
 ) -> BuildStats:
     """Write ``images/*.png``, ``synthetic.jsonl`` (MRSeg), ``synthetic_gcg.jsonl`` (GCG, when
     ``gcg``) and ``synthetic.summary.json`` under ``output_dir``; return the counters.
@@ -488,7 +493,8 @@ def write_synthetic(
     output_dir = os.fspath(output_dir)
     os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
     stats = BuildStats(source="synthetic")
-    jobs = ((output_dir, seed, i, image_size, min_rounds, max_rounds, gcg) for i in range(num))
+    jobs = ((output_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe)
+            for i in range(num))
     pool = None
     if workers > 1:
         import multiprocessing

@@ -13,5 +13,6 @@ Modules (nothing heavy is imported here; import the one you need):
 - ``predictor``: the ``Predictor`` protocol a model implements, ground-truth-reference protocol,
   and the ``SegLLMPipeline`` adapter;
 - ``runners`` and ``cli``: ``segllm eval mrseg|refer|reasonseg|gcg``;
-- ``rle``, ``report``, ``errors``: RLE helpers, output files, ``EvalInputError``.
+- ``rle`` (re-exports ``segllm.masks``), ``report``, ``errors``: RLE helpers, output files,
+  ``EvalInputError``.
 """

@@ -23,10 +23,11 @@ TASKS = ("mrseg", "refer", "reasonseg", "gcg")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=TASKS, help="benchmark to run")
-    parser.add_argument("--data", required=True, help="ground-truth JSONL (DESIGN.md section 3)")
+    parser.add_argument("--data", required=True, help="ground-truth JSONL (docs/architecture.md, 'Record formats')")
     parser.add_argument("--output", required=True, help="folder for predictions, metrics.json, metrics.md and the plot")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model folder for SegLLMPipeline.from_pretrained")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model folder for SegLLMPipeline.from_pretrained (default, "
+                        "without --predictions: the shipped models/segllm-shapes)")
     source.add_argument("--predictions", nargs="+", metavar="FILE",
                         help="predictions JSONL to score (round tasks: one file per mode, at most two)")
     parser.add_argument("--images", help="image root that the records' 'image' paths are relative to (needed with --model)")
@@ -40,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-captions", action="store_true", help="gcg: skip METEOR and CIDEr (they need Java)")
     parser.add_argument("--ap-use-scores", action="store_true",
                         help="gcg: rank masks by predicted scores for AP50 (GLaMM gives every mask 1.0)")
+    parser.add_argument("--ablate", action="append", default=[], metavar="PATH",
+                        choices=("mask-tokens", "reference-masks"),
+                        help="with --model: switch off a path back to earlier rounds at inference "
+                             "(mask-tokens: zero <ref:k> tokens; reference-masks: no referenced "
+                             "masks into the decoder); repeatable")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="with --model: longest answer in tokens (default: 64, gcg 256)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -50,9 +58,17 @@ def _modes(args) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segllm.shipped import resolve_model_dir
+
     from .errors import EvalInputError
     from .runners import run_gcg, run_round_task
 
+    if not args.predictions:
+        try:
+            args.model = str(resolve_model_dir(args.model))
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.model and not args.images:
         print("error: --model needs --images", file=sys.stderr)
         return 2
@@ -65,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             from .predictor import PipelinePredictor
 
-            predictor = PipelinePredictor(args.model, device=args.device)
+            max_new = args.max_new_tokens or (256 if args.task == "gcg" else 64)
+            predictor = PipelinePredictor(args.model, device=args.device, max_new_tokens=max_new,
+                                          ablate=args.ablate)
         if args.task == "gcg":
             run_gcg(args.data, args.output, predictor=predictor,
                     prediction_file=args.predictions[0] if args.predictions else None,

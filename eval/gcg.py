@@ -37,7 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import rle as rle_ops
+from segllm import masks as rle_ops
+
 from .text_similarity import TextSimilarity
 
 MATCHINGS = ("greedy", "hungarian")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import rle as rle_ops
+from segllm import masks as rle_ops
 
 IGNORE_LABEL = 255
 
@@ -71,7 +71,7 @@ def intersection_union_rle(
     targets: Sequence[dict],
     ignores: Sequence[dict | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Intersection and union per pair of COCO RLEs (pycocotools form, see ``rle.to_pycoco``).
+    """Intersection and union per pair of COCO RLEs (pycocotools form, see ``segllm.masks.to_pycoco``).
 
     Args:
         preds: N predicted masks.

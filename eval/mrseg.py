@@ -2,7 +2,7 @@
 
 Pairing of a round's predicted masks with its targets:
 
-- ``"order"`` (default, DESIGN.md: the i-th ``[SEG]`` is the i-th target): prediction i goes
+- ``"order"`` (default, docs/architecture.md "Record formats": the i-th ``[SEG]`` is the i-th target): prediction i goes
   with target i. LISA zips the two lists, silently dropping the longer list's tail; we keep it:
   a target with no prediction is paired with an empty mask (IoU 0), and a prediction with no
   target (a duplicate, or any mask in a "no such object" round) with an empty target (IoU 0,
@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segllm import masks as rle_ops
+
 from . import mask_metrics as mm
-from . import rle as rle_ops
 
 PAIRINGS = ("order", "hungarian")
 
@@ -158,4 +159,20 @@ def evaluate_rounds(
         "overall": _summary(inter, union, correct, has_target),
         "per_round": group(pairs.round_index),
         "per_type": group(pairs.round_type),
+        "no_target": no_target_rounds(gt_records, predictions),
     }
+
+
+def no_target_rounds(gt_records: Sequence[dict], predictions: dict[str, dict]) -> dict:
+    """How often a "no such object" round (no target) was answered without any mask.
+
+    Returns ``{"rounds": n, "without_mask": k, "rate": k / n}`` (rate NaN when n is 0).
+    """
+    rounds = without_mask = 0
+    for gt in gt_records:
+        for gt_round, pred_round in zip(gt["rounds"], predictions[gt["id"]]["rounds"], strict=True):
+            if not gt_round["targets"]:
+                rounds += 1
+                without_mask += not pred_round["masks"]
+    return {"rounds": rounds, "without_mask": without_mask,
+            "rate": without_mask / rounds if rounds else float("nan")}

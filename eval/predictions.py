@@ -25,7 +25,7 @@ The mode is a property of a whole file (one run): every record of a file carries
 ``mode``. A run in both modes writes two files (``predictions-own.jsonl``,
 ``predictions-gt.jsonl``). ``gcg`` records have no mode.
 
-Ground-truth formats are those of DESIGN.md section 3. Two optional extensions are read here:
+Ground-truth formats are those of docs/architecture.md, "Record formats". Two optional extensions are read here:
 a target may carry ``"ignore_rle"`` (pixels labelled 255, left out of I and U), and a round may
 carry ``"type"`` (round type, for the per-type breakdown; ``"unknown"`` when absent).
 
@@ -38,11 +38,11 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
+from segllm import masks as rle_ops
+from segllm.files import atomic_write
 from segllm.records import RecordError, iter_jsonl
 
-from . import rle as rle_ops
 from .errors import EvalInputError
 
 ROUND_TASKS = ("mrseg", "refer", "reasonseg")
@@ -291,8 +291,6 @@ def parse_gcg_predictions(gt_records: Sequence[dict], pred_records: Sequence[dic
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write records as JSON Lines through a temporary file and ``os.replace``."""
-    from .report import atomic_writer
-
-    with atomic_writer(Path(path)) as f:
+    with atomic_write(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")

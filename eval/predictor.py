@@ -21,7 +21,8 @@ uses the masks it predicted itself. A session that cannot take ``ref_masks`` mak
 raise a clear error in gt mode; own mode never passes the argument.
 
 Masks of the reply must have the image's size; the runner checks this and names the record and
-round when they do not.
+round when they do not. The image comes in its stored orientation (EXIF is not applied: the data
+set annotates the stored pixels), and a predictor must not rotate it.
 """
 
 from __future__ import annotations
@@ -80,19 +81,52 @@ class _PipelineSession:
             raise
 
 
+def _zero_mask_tokens(model) -> None:
+    if model.mask_encoder is not None:
+        model.mask_encoder.inference_scale = 0.0
+
+
+def _drop_reference_masks(model) -> None:
+    model.decoder.reference_encoder = None
+
+
+ABLATIONS = {
+    "mask-tokens": _zero_mask_tokens,  # the LLM gets zero vectors in every <ref:k> slot
+    "reference-masks": _drop_reference_masks,  # the decoder gets no referenced masks
+}
+"""Inference-time ablations of a trained model: how much its answers use each path back to
+earlier rounds. (Retraining without a path is the other kind of ablation; see the model card.)"""
+
+
 class PipelinePredictor:
     """``Predictor`` over ``segllm.pipeline.SegLLMPipeline`` (imported only when built).
 
     Args:
         model_dir: what ``SegLLMPipeline.from_pretrained`` loads.
         device: torch device string.
+        max_new_tokens: longest answer (grounded captions need more than a round's answer).
+        ablate: names from :data:`ABLATIONS` to apply to the loaded model.
     """
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
-        from segllm.pipeline import SegLLMPipeline
+    def __init__(self, model_dir: str, device: str = "cpu", max_new_tokens: int = 64,
+                 ablate: Sequence[str] = ()):
+        from segllm.pipeline import GenerationConfig, SegLLMPipeline
 
-        self.pipeline = SegLLMPipeline.from_pretrained(model_dir, device=device)
-        self.name = str(model_dir)
+        unknown = sorted(set(ablate) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; known: {sorted(ABLATIONS)}")
+        self.pipeline = SegLLMPipeline.from_pretrained(
+            model_dir, device=device, generation=GenerationConfig(max_new_tokens=max_new_tokens))
+        for name in ablate:
+            ABLATIONS[name](self.pipeline.model)
+        self.name = str(model_dir) + "".join(f" (ablated: {name})" for name in ablate)
 
     def start(self, image) -> _PipelineSession:
+        # data-set images: the annotations (and the runner's size check) are on the stored pixels
+        try:
+            return _PipelineSession(self.pipeline.start(image, orientation="stored"))
+        except TypeError as exc:
+            if "orientation" not in str(exc):
+                raise
+        # a pipeline without the argument: the runner's image has no orientation left to apply
         return _PipelineSession(self.pipeline.start(image))

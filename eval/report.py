@@ -1,44 +1,17 @@
 """Writing results: atomic files, JSON without NaN, the markdown tables and the plots.
 
 Every file is written to a temporary file in its destination folder and moved into place with
-``os.replace``, so a reader (or a crash) never sees half a file.
+``os.replace`` (``segllm.files``), so a reader (or a crash) never sees half a file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-
-@contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "w") -> Iterator[io.IOBase]:
-    """Open a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from segllm.files import atomic_write, write_bytes_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 
 def json_ready(value):
@@ -55,19 +28,9 @@ def json_ready(value):
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    with atomic_writer(path) as f:
+    with atomic_write(path) as f:
         json.dump(json_ready(obj), f, indent=2, allow_nan=False)
         f.write("\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_writer(path) as f:
-        f.write(text)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_writer(path, "wb") as f:
-        f.write(data)
 
 
 def _fmt(value, scale: float = 100.0) -> str:
@@ -104,6 +67,12 @@ def round_task_markdown(metrics: dict) -> str:
                 cells += [_fmt(row["ciou"]) if row else "–", _fmt(row["giou"]) if row else "–"]
                 n = row["n_targets"] if row else n
             lines.append(f"| {g} | " + " | ".join(cells) + f" | {n} |")
+    no_target = {m: metrics["modes"][m].get("no_target") for m in modes}
+    if any(v and v["rounds"] for v in no_target.values()):
+        lines += ["", "## \"No such object\" rounds", "",
+                  "| mode | answered without a mask | rounds | rate |", "|---|---|---|---|"]
+        lines += [f"| {MODE_TITLES.get(m, m)} | {v['without_mask']} | {v['rounds']} | "
+                  f"{_fmt(v['rate'])} |" for m, v in no_target.items() if v]
     if any(row["n_targets"] == 0 for m in modes for row in metrics["modes"][m]["per_round"].values()):
         lines += ["", "A group with no targets (only \"no such object\" rounds) has cIoU 0 by LISA's "
                   "definition (sum of I over sum of U + 1e-10); its gIoU says whether the model predicted nothing."]

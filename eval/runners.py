@@ -20,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from segllm import masks as rle_ops
+from segllm.grounding import GCG_INSTRUCTION  # GLaMM's, when a record has no question
+
 from . import predictions as pio
 from . import report
-from . import rle as rle_ops
 from .errors import EvalInputError
 from .gcg import image_scores, mask_ap50, parse_grounded_answer, summarize_images
 from .mrseg import evaluate_rounds
-
-# GLaMM's GCG instruction (eval/gcg/infer.py), used when a GCG record has no "question".
-GCG_INSTRUCTION = ("Could you please give me a detailed description of the image? Please respond with "
-                   "interleaved segmentation masks for the corresponding parts of the answer.")
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -39,8 +37,10 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 def load_image(images_root: str | os.PathLike, record: dict):
-    """The record's image as RGB PIL, checked against the record's size."""
-    from PIL import Image
+    """The record's image as RGB PIL in its stored orientation (the one the data set annotates,
+    whatever EXIF says), checked against the record's size."""
+    from segllm.images import ImageError
+    from segllm.images import load_image as load_any_image
 
     rel = record.get("image")
     if not isinstance(rel, str) or not rel:
@@ -48,8 +48,10 @@ def load_image(images_root: str | os.PathLike, record: dict):
     path = Path(images_root) / rel
     if not path.is_file():
         raise EvalInputError(f"image not found: {path}", record_id=record["id"])
-    with Image.open(path) as img:
-        image = img.convert("RGB")
+    try:
+        image = load_any_image(path, orientation="stored")
+    except ImageError as exc:
+        raise EvalInputError(f"image {path}: {exc}", record_id=record["id"]) from None
     h, w = record["size"]
     if image.size != (w, h):
         raise EvalInputError(f"image {path} is {image.size[1]}x{image.size[0]} (h x w), the record says {h}x{w}",

@@ -1,6 +1,6 @@
 """Metrics for the query-meld decoder's closed-set tasks: mask (and box) AP, panoptic quality, semantic mIoU.
 
-Inputs are per-image dicts with COCO RLE masks (any JSON spelling of ``rle.to_pycoco``) and a
+Inputs are per-image dicts with COCO RLE masks (any JSON spelling of ``segllm.masks.to_pycoco``) and a
 ``category`` that is a name (the unified record's ``text``) or an integer id:
 
 - ground truth: ``{"id": str, "size": [h, w], "segments": [{"category", "rle", "bbox"?, "iscrowd"?}]}``
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import rle as rle_ops
+from segllm import masks as rle_ops
 
 
 def _category_ids(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[dict]]) -> dict:

@@ -1,4 +1,4 @@
-"""From MRSeg records (DESIGN.md section 3) and images to a model batch.
+"""From MRSeg records (docs/architecture.md, "Record formats") and images to a model batch.
 
 Every round of a conversation goes into one sequence; earlier rounds' masks that a question
 references are fed back teacher-forced (the ground-truth masks), as SegLLM trains.
@@ -11,17 +11,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from .config import SegLLMConfig
 from .conversation import ConversationError, EncodedConversation, Turn, encode_conversation
-from .processing import (
-    masked_crop,
-    normalized_box,
-    preprocess_clip,
-    preprocess_sam,
-    to_image_tensor,
-)
+from .masks import decode_checked
+from .modeling.decoders import decoder_class
+from .processing import masked_crop, normalized_box, preprocess_clip, to_image_tensor
 from .tokens import REF_PATTERN
 
 
@@ -38,11 +33,14 @@ class SegBatch:
     labels: torch.Tensor  # [B, L] long, -100 outside the answers
     round_ids: torch.Tensor  # [B, L] long, -1 on padding
     pixel_values: torch.Tensor  # [B, 3, S, S] CLIP input
-    sam_pixel_values: torch.Tensor  # [B, 3, S', S'] SAM input
-    sam_input_sizes: list[tuple[int, int]]  # resized (h, w) inside SAM's square
+    decoder_pixel_values: torch.Tensor  # [B, 3, S', S'] the mask decoder's input
+    decoder_input_sizes: list[tuple[int, int]]  # resized (h, w) inside the decoder's square
     original_sizes: list[tuple[int, int]]  # (H, W)
     target_masks: list[torch.Tensor]  # per sample [n_i, H, W] float, in [SEG] order
     target_rounds: list[torch.Tensor]  # per sample [n_i] long: round of each target
+    # per sample [n_i, H, W] float: for each [SEG], the union of the masks its question
+    # references (mask-aware decoding; all zero for a question without references)
+    seg_ref_masks: list[torch.Tensor]
     ref_pixel_values: torch.Tensor  # [R, 3, S, S] masked crops, in slot order
     ref_boxes: torch.Tensor  # [R, 4] normalised (x0, y0, x1, y1)
     ref_rounds: list[torch.Tensor]  # per sample [r_i] long: round of the question of each slot
@@ -60,6 +58,15 @@ class SegBatch:
             return x
         return SegBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
+    def model_inputs(self) -> dict:
+        """The keyword arguments of ``SegLLMModel.forward`` (targets and labels stay here)."""
+        return {name: getattr(self, name) for name in MODEL_INPUTS}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "decoder_pixel_values", "decoder_input_sizes",
+                "original_sizes", "pixel_values", "ref_pixel_values", "ref_boxes", "ref_rounds",
+                "round_ids", "seg_ref_masks", "sample_ids")
+
 
 def record_turns(record: dict) -> list[Turn]:
     """The rounds of an MRSeg record as template turns, checking ``refs`` against the text."""
@@ -76,21 +83,13 @@ def record_turns(record: dict) -> list[Turn]:
     return turns
 
 
-def decode_rle(rle: dict, size: tuple[int, int], where: str) -> np.ndarray:
-    """COCO RLE -> [H, W] bool, checking it has the image's size."""
-    rle = dict(rle)
-    if isinstance(rle.get("counts"), str):
-        rle["counts"] = rle["counts"].encode("ascii")
-    mask = mask_utils.decode(rle).astype(bool)
-    if mask.shape != tuple(size):
-        raise ValueError(f"{where}: mask of size {mask.shape} but the image is {tuple(size)}")
-    return mask
+decode_rle = decode_checked  # its old name here: COCO RLE -> [H, W] bool of the image's size
 
 
 def round_masks(record: dict, size: tuple[int, int]) -> list[list[np.ndarray]]:
     """Decoded target masks per round."""
     sample = record.get("id", "?")
-    return [[decode_rle(t["rle"], size, f"sample {sample!r} round {r} target {j}")
+    return [[decode_checked(t["rle"], size, f"sample {sample!r} round {r} target {j}")
              for j, t in enumerate(rnd.get("targets", []))]
             for r, rnd in enumerate(record["rounds"])]
 
@@ -100,11 +99,12 @@ class EncodedSample:
     sample_id: str
     conversation: EncodedConversation
     pixel_values: torch.Tensor
-    sam_pixel_values: torch.Tensor
-    sam_input_size: tuple[int, int]
+    decoder_pixel_values: torch.Tensor
+    decoder_input_size: tuple[int, int]
     original_size: tuple[int, int]
     target_masks: torch.Tensor
     target_rounds: torch.Tensor
+    seg_ref_masks: torch.Tensor
     ref_pixel_values: torch.Tensor
     ref_boxes: torch.Tensor
     ref_rounds: torch.Tensor
@@ -128,14 +128,22 @@ def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> Encod
                              "is empty")
         crops.append(masked_crop(pixels, ref, crop_size))
         boxes.append(normalized_box(ref))
-    sam_pixels, sam_size = preprocess_sam(pixels, config.sam.image_size)
+    # the decoder's own preprocessing, through the registry: batching has a config, no model
+    decoder_pixels, decoder_size = decoder_class(config.decoder).preprocess(
+        pixels, config.decoder_config)
+    union = {}
+    for q_round, k, j in conv.ref_slots:
+        union[q_round] = union.get(q_round, np.zeros(size, dtype=bool)) | masks[k][j]
+    seg_refs = [union.get(r, np.zeros(size, dtype=bool)) for r, _ in conv.seg_targets]
     return EncodedSample(
         sample_id=sample, conversation=conv,
-        pixel_values=preprocess_clip(pixels, crop_size), sam_pixel_values=sam_pixels,
-        sam_input_size=sam_size, original_size=size,
+        pixel_values=preprocess_clip(pixels, crop_size), decoder_pixel_values=decoder_pixels,
+        decoder_input_size=decoder_size, original_size=size,
         target_masks=torch.from_numpy(np.stack(targets)).float() if targets
         else torch.zeros((0, *size)),
         target_rounds=torch.tensor([r for r, _ in conv.seg_targets], dtype=torch.long),
+        seg_ref_masks=torch.from_numpy(np.stack(seg_refs)).float() if seg_refs
+        else torch.zeros((0, *size)),
         ref_pixel_values=torch.stack(crops) if crops else torch.zeros((0, 3, crop_size, crop_size)),
         ref_boxes=torch.stack(boxes) if boxes else torch.zeros((0, 4)),
         ref_rounds=torch.tensor([q for q, _, _ in conv.ref_slots], dtype=torch.long),
@@ -157,11 +165,12 @@ def collate(samples: Sequence[EncodedSample], pad_id: int) -> SegBatch:
         labels=torch.tensor([pad(c.labels, -100) for c in convs]),
         round_ids=torch.tensor([pad(c.round_ids, -1) for c in convs]),
         pixel_values=torch.stack([s.pixel_values for s in samples]),
-        sam_pixel_values=torch.stack([s.sam_pixel_values for s in samples]),
-        sam_input_sizes=[s.sam_input_size for s in samples],
+        decoder_pixel_values=torch.stack([s.decoder_pixel_values for s in samples]),
+        decoder_input_sizes=[s.decoder_input_size for s in samples],
         original_sizes=[s.original_size for s in samples],
         target_masks=[s.target_masks for s in samples],
         target_rounds=[s.target_rounds for s in samples],
+        seg_ref_masks=[s.seg_ref_masks for s in samples],
         ref_pixel_values=torch.cat([s.ref_pixel_values for s in samples]),
         ref_boxes=torch.cat([s.ref_boxes for s in samples]),
         ref_rounds=[s.ref_rounds for s in samples],

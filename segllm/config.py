@@ -3,7 +3,15 @@
 ``SegLLMConfig.from_name("segllm-7b", **overrides)`` gives a preset; overrides are either
 top-level fields, nested dicts (``lora={"r": 16}``) or dotted keys (``**{"lora.r": 16}``).
 The config round-trips through JSON (``to_dict`` / ``from_dict``), which is what
-``save_pretrained`` writes next to the weights.
+``save_pretrained`` writes next to the weights. Every key and value is checked against the
+dataclasses' types by ``segllm.typed_config`` (the checker of the training config too), so
+``lora.r="eight"`` fails naming ``config.lora.r``.
+
+The mask decoder is named by ``decoder`` (a name in ``segllm.modeling.decoders``' registry);
+``decoder_config`` holds that decoder's own dataclass (checked the same way) and
+``trainable.decoder`` its trainable groups. Config data in the older layout (a section and
+freezing flags named after the decoder) is read with the same meaning: each decoder says how
+(``MaskDecoder.upgrade_legacy_config``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from .typed_config import ConfigError, KeyPath, build_checked
 
 
 @dataclass
@@ -60,32 +70,18 @@ class ProjectorConfig:
 
 
 @dataclass
-class SAMConfig:
-    """SAM, in segment_anything's own terms (defaults: ViT-H, ``sam_vit_h_4b8939.pth``)."""
-
-    encoder_embed_dim: int = 1280
-    encoder_depth: int = 32
-    encoder_num_heads: int = 16
-    encoder_global_attn_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    encoder_mlp_ratio: float = 4.0
-    window_size: int = 14
-    image_size: int = 1024
-    patch_size: int = 16
-    prompt_embed_dim: int = 256
-    mask_in_chans: int = 16
-    decoder_depth: int = 2
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    iou_head_hidden_dim: int = 256
-    num_multimask_outputs: int = 3
-    mask_threshold: float = 0.0
-
-
-@dataclass
 class MaskEncoderConfig:
-    """SegLLM's mask encoder: a referenced mask comes back as a crop token and a box token."""
+    """SegLLM's mask encoder: a referenced mask comes back as a crop token and a box token.
+
+    ``token_dropout``: in training, each crop token and each box token is zeroed as a whole with
+    this probability (crop and box drawn independently, per reference), without rescaling the
+    kept ones; ``inference_scale`` multiplies both tokens outside training. SegLLM's code uses
+    0.5 and 0.5 (the expected value of a training token); 0.0 and 1.0 turn both off.
+    """
 
     enabled: bool = True
+    token_dropout: float = 0.0
+    inference_scale: float = 1.0
 
 
 @dataclass
@@ -115,9 +111,9 @@ class TrainableConfig:
     seg_head: bool = True
     mask_encoder_box: bool = True
     vision_tower: bool = False
-    sam_image_encoder: bool = False
-    sam_prompt_encoder: bool = False
-    sam_mask_decoder: bool = False
+    # the decoder's groups (MaskDecoder.trainable_groups) -> trained; a group not named takes
+    # the decoder's default (SegLLMConfig fills them in)
+    decoder: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,8 +131,13 @@ class SegLLMConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    decoder: Literal["sam"] = "sam"
-    sam: SAMConfig = field(default_factory=SAMConfig)
+    decoder: str = "sam"  # a registered decoder (segllm.modeling.decoders)
+    # the decoder's own dataclass (its config_class); None or a mapping are built into it
+    decoder_config: Any = None
+    # Mask-aware decoding (SegLLM): the decoder also receives, for each [SEG], the union of the
+    # masks of the rounds its question references (ground truth in training, the model's own
+    # earlier masks at inference).
+    mask_aware_decoding: bool = False
     mask_encoder: MaskEncoderConfig = field(default_factory=MaskEncoderConfig)
     seg_head: SegHeadConfig = field(default_factory=SegHeadConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -153,6 +154,11 @@ class SegLLMConfig:
         }
     )
 
+    def __post_init__(self) -> None:
+        cls = _decoder_class(self.decoder)
+        self.decoder_config = _decoder_config(cls, self.decoder_config)
+        self.trainable.decoder = _decoder_trainable(cls, self.trainable.decoder)
+
     # -- construction -------------------------------------------------------------------
 
     @classmethod
@@ -166,7 +172,9 @@ class SegLLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegLLMConfig:
-        return _build_dataclass(cls, data, path="config")
+        """Every key and type checked; errors name the key path (``config.lora.r: ...``).
+        Keys of the older layout are read with their meaning (see the module docstring)."""
+        return build_checked(cls, _upgrade_legacy(data), _ROOT)
 
     def with_overrides(self, **overrides: Any) -> SegLLMConfig:
         """A copy with overrides applied by ``from_name``'s rules, every key checked again."""
@@ -209,47 +217,72 @@ class SegLLMConfig:
         return cls.from_dict(data)
 
 
+_ROOT = KeyPath("config", dotted_root=True)
+
+
 def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    current = data.get("decoder", SegLLMConfig.decoder)
+    if overrides.get("decoder", current) != current:
+        # another decoder: the sizes and groups written for the old one do not apply to it
+        data.pop("decoder_config", None)
+        data.get("trainable", {}).pop("decoder", None)
     for key, value in overrides.items():
         parts = key.split(".")
         target = data
         for part in parts[:-1]:
             target = target.setdefault(part, {})
-        leaf = parts[-1]
-        if isinstance(value, dict) and isinstance(target.get(leaf), dict) and leaf != "token_ids":
-            target[leaf].update(value)
-        else:
-            target[leaf] = value
+        _merge(target, parts[-1], value)
 
 
-def _build_dataclass(cls: type, data: dict[str, Any], path: str) -> Any:
-    """Build a (nested) dataclass from a dict, refusing unknown keys with their full path."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+def _merge(target: dict[str, Any], key: str, value: Any) -> None:
+    """``target[key] = value``, merging mappings key by key (``token_ids`` is replaced whole)."""
+    if isinstance(value, dict) and isinstance(target.get(key), dict) and key != "token_ids":
+        for k, v in value.items():
+            _merge(target[key], k, v)
+    else:
+        target[key] = copy.deepcopy(value)
+
+
+def _decoder_class(name: Any) -> type:
+    from .modeling.decoders import DECODERS  # here: the registry imports torch
+
+    if name not in DECODERS:
+        raise ConfigError(f"{_ROOT.child('decoder')}: {name!r} is not a registered decoder; "
+                          f"known: {sorted(DECODERS)}")
+    return DECODERS[name]
+
+
+def _decoder_config(cls: type, value: Any) -> Any:
+    """``value`` as the decoder's own config dataclass: None gives its defaults, a mapping is
+    built and type-checked like every other section."""
+    if value is None:
+        return cls.config_class()
+    if isinstance(value, cls.config_class):
+        return value
+    return build_checked(cls.config_class, value, _ROOT.child("decoder_config"))
+
+
+def _decoder_trainable(cls: type, flags: dict[str, bool]) -> dict[str, bool]:
+    """Every group of the decoder -> trained: its defaults, then ``flags``."""
+    unknown = sorted(set(flags) - set(cls.trainable_defaults))
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        ftype = fields[name].type
-        sub = _NESTED.get(name) if cls is SegLLMConfig else None
-        if sub is not None:
-            kwargs[name] = _build_dataclass(sub, value, f"{path}.{name}")
-        elif isinstance(value, list) and "tuple" in str(ftype):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        raise ConfigError(f"{_ROOT.child('trainable').child('decoder')}: unknown group(s) "
+                          f"{unknown}; known: {sorted(cls.trainable_defaults)}")
+    return {**cls.trainable_defaults, **flags}
 
 
-_NESTED = {
-    "llm": LLMConfig, "vision": VisionConfig, "projector": ProjectorConfig, "sam": SAMConfig,
-    "mask_encoder": MaskEncoderConfig, "seg_head": SegHeadConfig, "lora": LoRAConfig,
-    "trainable": TrainableConfig, "loss": LossConfig,
-}
+def _upgrade_legacy(data: Any) -> Any:
+    """A copy of ``data`` with the older layout's keys rewritten by the decoder it names."""
+    if not isinstance(data, dict):
+        return data
+    from .modeling.decoders import DECODERS
 
-_TINY_SAM = {
+    data = copy.deepcopy(data)
+    cls = DECODERS.get(data.get("decoder", SegLLMConfig.decoder))
+    return cls.upgrade_legacy_config(data) if cls is not None else data
+
+
+_TINY_DECODER = {
     "encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2,
     "encoder_global_attn_indexes": [1], "window_size": 2, "image_size": 64, "patch_size": 16,
     "prompt_embed_dim": 32, "mask_in_chans": 4, "decoder_depth": 2, "decoder_mlp_dim": 64,
@@ -265,7 +298,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
                    "projection_dim": 32},
-        "sam": _TINY_SAM,
+        "decoder": "sam",
+        "decoder_config": _TINY_DECODER,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         "trainable": {"llm": "lora"},
         "tokenizer": "tiny",
@@ -279,26 +313,60 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6,
                    "num_attention_heads": 6, "image_size": 112, "patch_size": 14,
                    "projection_dim": 384},
-        "sam": {"encoder_embed_dim": 192, "encoder_depth": 4, "encoder_num_heads": 4,
-                "encoder_global_attn_indexes": [1, 3], "window_size": 8, "image_size": 256,
-                "patch_size": 16, "prompt_embed_dim": 128, "mask_in_chans": 16,
-                "decoder_depth": 2, "decoder_mlp_dim": 512, "decoder_num_heads": 8,
-                "iou_head_hidden_dim": 128},
-        "trainable": {"llm": "full", "sam_mask_decoder": True},
+        "decoder": "sam",
+        "decoder_config": {"encoder_embed_dim": 192, "encoder_depth": 4,
+                           "encoder_num_heads": 4, "encoder_global_attn_indexes": [1, 3],
+                           "window_size": 8, "image_size": 256, "patch_size": 16,
+                           "prompt_embed_dim": 128, "mask_in_chans": 16, "decoder_depth": 2,
+                           "decoder_mlp_dim": 512, "decoder_num_heads": 8,
+                           "iou_head_hidden_dim": 128},
+        "trainable": {"llm": "full", "decoder": {"mask_decoder": True}},
         "tokenizer": "tiny",
         "max_length": 2048,
     },
-    # SegLLM on LLaVA-1.5-7B: CLIP ViT-L/14-336, mlp2x_gelu, Vicuna-7B, SAM ViT-H, mask encoder.
+    # The model we train on this CPU and ship (models/segllm-shapes): 64 px synthetic scenes,
+    # every part trained end to end (nothing pretrained exists here, so frozen encoders would
+    # hand random features on). The decoder runs at the scene's own 64 px with 4 px patches, so
+    # its 4x-upscaled low-resolution mask is the image's own resolution.
+    "shapes": {
+        "llm": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
+                "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 1024,
+                "max_position_embeddings": 1024},
+        "vision": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+                   "num_attention_heads": 4, "image_size": 64, "patch_size": 8,
+                   "projection_dim": 128},
+        "decoder": "sam",
+        "decoder_config": {"encoder_embed_dim": 128, "encoder_depth": 4, "encoder_num_heads": 4,
+                           "encoder_global_attn_indexes": [1, 3], "window_size": 8, "image_size": 64,
+                           "patch_size": 4, "prompt_embed_dim": 128, "mask_in_chans": 16,
+                           "decoder_depth": 2, "decoder_mlp_dim": 512, "decoder_num_heads": 4,
+                           "iou_head_hidden_dim": 128, "dense_prompt_conditioning": True},
+        "mask_aware_decoding": True,
+        "mask_encoder": {"token_dropout": 0.5, "inference_scale": 0.5},
+        "trainable": {"llm": "full", "vision_tower": True,
+                      "decoder": {"image_encoder": True, "prompt_encoder": True,
+                                  "mask_decoder": True}},
+        "tokenizer": "tiny",
+        "max_length": 1024,
+    },
+    # SegLLM on LLaVA-1.5-7B: CLIP ViT-L/14-336, mlp2x_gelu, Vicuna-7B, the decoder at its
+    # default sizes (ViT-H), mask encoder, mask-aware decoding and SegLLM's mask-token dropout
+    # (0.5 in training, x0.5 at inference).
     # Design card: CLIP and the mask decoder frozen; LLM, projector, box head, seg head trained.
     "segllm-7b": {
+        "decoder": "sam",
+        "mask_aware_decoding": True,
+        "mask_encoder": {"token_dropout": 0.5, "inference_scale": 0.5},
         "trainable": {"llm": "full"},
     },
-    # LISA-7B: CLIP ViT-L/14 at 224, SAM ViT-H, LoRA r=8 alpha=16 on q_proj,v_proj, no mask
-    # encoder; LISA also trains the SAM mask decoder, the token embeddings and lm_head.
+    # LISA-7B: CLIP ViT-L/14 at 224, the decoder at its default sizes (ViT-H), LoRA r=8
+    # alpha=16 on q_proj,v_proj, no mask encoder; LISA also trains the decoder's mask decoder,
+    # the token embeddings and lm_head.
     "lisa-7b": {
+        "decoder": "sam",
         "vision": {"image_size": 224},
         "mask_encoder": {"enabled": False},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
-        "trainable": {"llm": "lora", "sam_mask_decoder": True},
+        "trainable": {"llm": "lora", "decoder": {"mask_decoder": True}},
     },
 }

@@ -6,7 +6,8 @@ A conversation becomes one token sequence::
 
 - ``<image>`` expands to one image token per vision feature (N from the vision config).
 - ``<ref:k>`` in a question expands to ``<mask_crop><mask_box>`` once per mask of round k;
-  the model writes the mask encoder's two tokens into those slots.
+  the model writes the mask encoder's two tokens into those slots. At inference ``<region>`` /
+  ``<region:i>`` expands to one such pair for a region mask given with the question.
 - Labels are -100 everywhere but the assistant answers (and their ``</s>``).
 - A length limit drops whole trailing rounds, never part of one, so no ``[SEG]`` is ever cut.
 
@@ -16,10 +17,19 @@ Pieces are tokenized separately and concatenated, so answer spans are exact by c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .tokens import IMAGE_TOKEN, MASK_BOX_TOKEN, MASK_CROP_TOKEN, REF_PATTERN, SEG_TOKEN
+from .tokens import (
+    IMAGE_TOKEN,
+    MASK_BOX_TOKEN,
+    MASK_CROP_TOKEN,
+    REF_PATTERN,
+    REGION_PATTERN,
+    SEG_TOKEN,
+)
 
 SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -64,12 +74,48 @@ def round_prefix(question: str, round_index: int) -> str:
     return f"{USER}: {question} {ASSISTANT}:"
 
 
+REGION_ROUND = -1
+"""The "referenced round" of a region's slot in ``ref_slots``: (question round, -1, region i)."""
+
+_SLOT_PATTERN = re.compile(f"{REF_PATTERN.pattern}|{REGION_PATTERN.pattern}")
+
+
+def region_indices(question: str) -> list[int]:
+    """The region each ``<region>`` / ``<region:i>`` tag stands for, in text order (the n-th
+    bare ``<region>`` is region n)."""
+    bare = 0
+    out = []
+    for match in REGION_PATTERN.finditer(question):
+        if match.group(1) is None:
+            out.append(bare)
+            bare += 1
+        else:
+            out.append(int(match.group(1)))
+    return out
+
+
 def expand_refs(question: str, masks_per_round: Sequence[int], round_index: int,
-                sample: str) -> tuple[str, list[tuple[int, int, int]]]:
-    """Replace each ``<ref:k>`` with one crop+box slot pair per mask of round k."""
+                sample: str, *, num_regions: int | None = None
+                ) -> tuple[str, list[tuple[int, int, int]]]:
+    """Replace each ``<ref:k>`` with one crop+box slot pair per mask of round k.
+
+    ``num_regions``: regions given with the question (inference); each region tag becomes one
+    slot pair ``(round_index, REGION_ROUND, i)``. None (training data) leaves region tags as text.
+    """
     slots: list[tuple[int, int, int]] = []
+    regions = iter(region_indices(question))  # both walk the tags in text order
 
     def replace(match) -> str:
+        if match.group(1) is None:  # a region tag
+            if num_regions is None:
+                return match.group(0)
+            i = next(regions)
+            if i >= num_regions:
+                raise ConversationError(
+                    f"sample {sample!r} round {round_index}: {match.group(0)} stands for region "
+                    f"{i}, but {num_regions} region(s) were given")
+            slots.append((round_index, REGION_ROUND, i))
+            return MASK_CROP_TOKEN + MASK_BOX_TOKEN
         k = int(match.group(1))
         if k >= round_index:
             raise ConversationError(
@@ -83,7 +129,7 @@ def expand_refs(question: str, masks_per_round: Sequence[int], round_index: int,
         slots.extend((round_index, k, j) for j in range(n))
         return (MASK_CROP_TOKEN + MASK_BOX_TOKEN) * n
 
-    return REF_PATTERN.sub(replace, question), slots
+    return _SLOT_PATTERN.sub(replace, question), slots
 
 
 def encode_conversation(turns: Sequence[Turn], tokenizer, token_ids: dict[str, int],
@@ -102,9 +148,9 @@ def encode_conversation(turns: Sequence[Turn], tokenizer, token_ids: dict[str, i
                               num_rounds=0)
     masks_per_round = [t.num_targets for t in turns]
     for r, turn in enumerate(turns):
-        pieces = encode_round(turn, r, masks_per_round, tokenizer, token_ids, num_image_tokens,
-                              sample, generation=add_generation_prompt and r == len(turns) - 1)
-        ids, labels, slots, segs = pieces
+        ids, labels, slots, segs = encode_round(
+            turn, r, masks_per_round, tokenizer, token_ids, num_image_tokens, sample,
+            generation=add_generation_prompt and r == len(turns) - 1)
         if max_length is not None and len(enc.input_ids) + len(ids) > max_length:
             if r == 0:
                 raise ConversationError(
@@ -121,17 +167,28 @@ def encode_conversation(turns: Sequence[Turn], tokenizer, token_ids: dict[str, i
     return enc
 
 
+class EncodedRound(NamedTuple):
+    """One round's tokens: what ``encode_round`` returns."""
+
+    input_ids: list[int]
+    labels: list[int]
+    ref_slots: list[tuple[int, int, int]]  # (question round, referenced round, mask index)
+    seg_targets: list[tuple[int, int]]  # (round, target index) of each [SEG] of the answer
+
+
 def encode_round(turn: Turn, r: int, masks_per_round: Sequence[int], tokenizer,
                  token_ids: dict[str, int], num_image_tokens: int, sample: str,
-                 generation: bool = False):
-    """Token ids and labels of one round; see ``encode_conversation``."""
+                 generation: bool = False, num_regions: int | None = None) -> EncodedRound:
+    """Token ids and labels of one round; see ``encode_conversation`` (``num_regions``:
+    see ``expand_refs``)."""
     where = f"sample {sample!r} round {r}"
     if not turn.question or not turn.question.strip():
         raise ConversationError(f"{where}: the question is empty")
     for token in (SEG_TOKEN, IMAGE_TOKEN, MASK_CROP_TOKEN, MASK_BOX_TOKEN):
         if token in turn.question:
             raise ConversationError(f"{where}: the question may not contain {token!r}")
-    question, slots = expand_refs(turn.question, masks_per_round, r, sample)
+    question, slots = expand_refs(turn.question, masks_per_round, r, sample,
+                                  num_regions=num_regions)
     before, _, after = round_prefix(question, r).partition(IMAGE_TOKEN)
     ids = _tok(tokenizer, before)
     if r == 0:
@@ -153,7 +210,7 @@ def encode_round(turn: Turn, r: int, masks_per_round: Sequence[int], tokenizer,
     n_slots = ids.count(token_ids["mask_crop"])
     if n_slots != len(slots) or ids.count(token_ids["mask_box"]) != len(slots):
         raise ConversationError(f"{where}: the tokenizer split a mask-encoder slot token")
-    return ids, labels, slots, segs
+    return EncodedRound(input_ids=ids, labels=labels, ref_slots=slots, seg_targets=segs)
 
 
 def _tok(tokenizer, text: str) -> list[int]:

@@ -1,13 +1,22 @@
-"""Binary masks: COCO RLE, polygons, boxes and overlays.
+"""Binary masks: COCO RLE, polygons, boxes and overlays. The one RLE module of the project
+(data builders, records, training batches and the evaluation metrics all use it).
 
 Every mask that leaves this module in a record is a COCO RLE dict whose ``counts`` is a
 ``str`` (pycocotools returns ``bytes``, which JSON cannot hold). Boxes are ``[x, y, w, h]``
-in pixels, as COCO writes them. Arrays are ``(H, W)`` ``uint8`` with values 0 and 1.
+in pixels, as COCO writes them. Arrays are ``(H, W)`` ``uint8`` with values 0 and 1, or bool
+where a name says so (``decode``, ``decode_checked``).
+
+The batched helpers (``areas``, ``boxes_xywh``, ``intersections``, ``union_of``,
+``iou_matrix``) take RLEs already in pycocotools form (``to_pycoco``), so a metric converts
+each mask once. pycocotools 2.0.11 with numpy 2 fails on ``mask.area`` / ``mask.toBbox`` for
+lists longer than 255 (it builds a uint8 array holding the list length), so every batched
+call goes in chunks of at most 255.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -15,6 +24,9 @@ from pycocotools import mask as mask_utils
 
 RLE = dict[str, Any]
 """A COCO run-length encoding: ``{"size": [h, w], "counts": str}``."""
+
+# pycocotools' batched calls overflow past this many objects (see module docstring).
+_PYCOCO_CHUNK = 255
 
 # Distinct, readable colours for overlays (RGB); cycled when there are more masks.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -27,8 +39,12 @@ class MaskError(ValueError):
     """A mask, polygon or box that cannot describe a region of the image."""
 
 
+# -- encoding and decoding ------------------------------------------------------------------------
+
+
 def encode_rle(mask: np.ndarray) -> RLE:
-    """Encode an ``(H, W)`` binary mask as a COCO RLE with ``counts`` as ``str``."""
+    """Encode an ``(H, W)`` mask (bool or 0/1) as a COCO RLE with ``str`` counts."""
+    mask = np.asarray(mask)
     if mask.ndim != 2:
         raise MaskError(f"mask must be 2-D (H, W), got shape {mask.shape}")
     fortran = np.asfortranarray(mask.astype(np.uint8, copy=False) != 0, dtype=np.uint8)
@@ -36,20 +52,51 @@ def encode_rle(mask: np.ndarray) -> RLE:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _to_pycoco(rle: RLE) -> dict:
-    """An RLE in the form pycocotools' C functions take (compressed, ``bytes`` counts)."""
+encode_mask = encode_rle  # the evaluation's name for it
+
+
+def to_pycoco(rle: Mapping) -> dict:
+    """A COCO RLE in any JSON spelling (``str``, ``bytes`` or uncompressed list counts) in the
+    form pycocotools' C functions take (compressed, ``bytes`` counts).
+
+    Raises ``MaskError`` (a ``ValueError``) for a malformed object; callers add the file,
+    record and round.
+    """
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        raise MaskError("a mask must be a COCO RLE object with 'size' and 'counts'")
+    height, width = _rle_hw(rle["size"])
     counts = rle["counts"]
-    height, width = rle["size"]
     if isinstance(counts, list):  # uncompressed RLE, as COCO writes for crowd regions
+        if sum(counts) != height * width:
+            raise MaskError(f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
         return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     if isinstance(counts, str):
         counts = counts.encode("ascii")
-    return {"size": [int(height), int(width)], "counts": counts}
+    if not isinstance(counts, bytes):
+        raise MaskError(f"RLE 'counts' must be a string or a list, got {type(counts).__name__}")
+    return {"size": [height, width], "counts": counts}
+
+
+def _rle_hw(size: Any) -> tuple[int, int]:
+    """``[height, width]`` as two Python ints; bools and floats are no size."""
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        h = w = None
+    ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in (h, w))
+    if not ok:
+        raise MaskError(f"RLE 'size' must be [height, width], got {size!r}")
+    return int(h), int(w)
+
+
+def rle_size(rle: Mapping) -> tuple[int, int]:
+    """``(height, width)`` of an RLE."""
+    return int(rle["size"][0]), int(rle["size"][1])
 
 
 def normalize_rle(rle: RLE) -> RLE:
     """Any COCO RLE (compressed or not, ``bytes`` or ``str`` counts) as a compressed ``str`` one."""
-    compressed = _to_pycoco(rle)
+    compressed = to_pycoco(rle)
     counts = compressed["counts"]
     return {"size": [int(v) for v in compressed["size"]],
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
@@ -57,25 +104,102 @@ def normalize_rle(rle: RLE) -> RLE:
 
 def decode_rle(rle: RLE) -> np.ndarray:
     """Decode a COCO RLE (either counts form) into an ``(H, W)`` ``uint8`` mask."""
-    return np.ascontiguousarray(mask_utils.decode(_to_pycoco(rle)), dtype=np.uint8)
+    return np.ascontiguousarray(mask_utils.decode(to_pycoco(rle)), dtype=np.uint8)
+
+
+def decode(rle: Mapping) -> np.ndarray:
+    """Decode one RLE to an ``(H, W)`` bool array."""
+    return decode_rle(rle).astype(bool)
+
+
+def decode_checked(rle: Mapping, size: tuple[int, int], where: str) -> np.ndarray:
+    """Decode to an ``(H, W)`` bool mask, refusing one that is not of the image's ``size``;
+    ``where`` (file, sample, round, target) starts the message."""
+    mask = decode(rle)
+    if mask.shape != tuple(size):
+        raise MaskError(f"{where}: mask of size {mask.shape} but the image is {tuple(size)}")
+    return mask
+
+
+@lru_cache(maxsize=64)
+def _empty_counts(h: int, w: int) -> bytes:
+    return mask_utils.frPyObjects({"size": [h, w], "counts": [h * w]}, h, w)["counts"]
+
+
+def empty_rle(h: int, w: int) -> dict:
+    """The all-background RLE of an ``h`` x ``w`` image (pycocotools form, bytes counts)."""
+    return {"size": [h, w], "counts": _empty_counts(h, w)}
+
+
+# -- measures on RLEs -----------------------------------------------------------------------------
 
 
 def rle_area(rle: RLE) -> int:
     """Number of foreground pixels, computed on the RLE without decoding it."""
-    return int(mask_utils.area(_to_pycoco(rle)))
+    return int(mask_utils.area(to_pycoco(rle)))
 
 
 def rle_bbox(rle: RLE) -> list[float]:
     """Tight ``[x, y, w, h]`` box of the RLE's foreground (zeros when empty)."""
-    return [float(v) for v in mask_utils.toBbox(_to_pycoco(rle))]
+    return [float(v) for v in mask_utils.toBbox(to_pycoco(rle))]
 
 
 def merge_rles(rles: Sequence[RLE]) -> RLE:
     """Union of several RLEs of the same size."""
     if not rles:
         raise MaskError("cannot merge an empty list of masks")
-    merged = mask_utils.merge([_to_pycoco(r) for r in rles], intersect=False)
+    merged = mask_utils.merge([to_pycoco(r) for r in rles], intersect=False)
     return normalize_rle(merged)
+
+
+def _chunked(fn, rles: Sequence[dict]) -> list:
+    out: list = []
+    for start in range(0, len(rles), _PYCOCO_CHUNK):
+        out.extend(fn(list(rles[start : start + _PYCOCO_CHUNK])))
+    return out
+
+
+def areas(rles: Sequence[dict]) -> np.ndarray:
+    """Foreground pixel counts, ``(N,)`` int64, of pycocotools-form RLEs."""
+    if len(rles) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(_chunked(mask_utils.area, rles), dtype=np.int64)
+
+
+def boxes_xywh(rles: Sequence[dict]) -> np.ndarray:
+    """Tight ``[x, y, w, h]`` boxes, ``(N, 4)`` float64 (all zeros for an empty mask)."""
+    if len(rles) == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.asarray(_chunked(mask_utils.toBbox, rles), dtype=np.float64).reshape(-1, 4)
+
+
+def intersections(a: Sequence[dict], b: Sequence[dict]) -> list[dict]:
+    """Element-wise intersection RLEs of two equally long lists (pycocotools form)."""
+    if len(a) != len(b):
+        raise ValueError(f"lists differ in length: {len(a)} vs {len(b)}")
+    # One C call per pair: run-length merging, no pixels are touched.
+    return [mask_utils.merge([x, y], intersect=True) for x, y in zip(a, b, strict=True)]
+
+
+def union_of(rles: Iterable[dict], h: int, w: int) -> dict:
+    """Union of any number of RLEs of one size (the empty RLE when there are none)."""
+    rles = list(rles)
+    if not rles:
+        return empty_rle(h, w)
+    if len(rles) == 1:
+        return rles[0]
+    return mask_utils.merge(rles, intersect=False)
+
+
+def iou_matrix(a: Sequence[dict], b: Sequence[dict]) -> np.ndarray:
+    """Pairwise mask IoU, ``(len(a), len(b))`` float64; two empty masks have IoU 0 (pycocotools)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    out = mask_utils.iou(list(a), list(b), [0] * len(b))
+    return np.asarray(out, dtype=np.float64).reshape(len(a), len(b))
+
+
+# -- polygons and boxes ---------------------------------------------------------------------------
 
 
 def polygons_to_rle(polygons: Sequence[Sequence[float]], height: int, width: int) -> RLE:

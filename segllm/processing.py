@@ -1,10 +1,9 @@
-"""Image preprocessing for the two image paths and the mask encoder, in torch.
+"""Image preprocessing for the vision tower and the mask encoder, in torch.
 
 - CLIP (vision tower): LLaVA-1.5's "pad" aspect mode: pad to a square with the mean colour,
   resize to the tower's size, normalise with CLIP's mean and std.
-- SAM (mask decoder): resize the longest side to SAM's size, normalise, pad bottom-right
-  (segment_anything's ResizeLongestSide + Sam.preprocess); the resized size is kept so
-  masks can be mapped back to the original size.
+- The mask decoder preprocesses its own input (``MaskDecoder.preprocess`` in
+  ``segllm.modeling.decoders``), with :func:`resize_image` here.
 - Mask encoder: a masked crop (pixels outside the mask set to the mean colour, cropped to the
   mask's box, then the CLIP path) and the box normalised to [0, 1] as (x0, y0, x1, y1).
 
@@ -19,8 +18,6 @@ import torch.nn.functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SAM_MEAN = (123.675, 116.28, 103.53)  # 0-255 scale, as segment_anything
-SAM_STD = (58.395, 57.12, 57.375)
 
 
 def to_image_tensor(image) -> torch.Tensor:
@@ -56,7 +53,8 @@ def pad_to_square(image: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     return canvas
 
 
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[3, H, W] float -> [3, h, w] float (bilinear, antialiased when shrinking)."""
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
                          antialias=True)[0]
 
@@ -71,32 +69,17 @@ def clip_normalize(image: torch.Tensor) -> torch.Tensor:
 def preprocess_clip(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 [3, H, W] -> [3, size, size] float: pad to square, resize, normalise."""
     square = pad_to_square(image.float(), _mean_color(image.device))
-    return clip_normalize(_resize(square, (size, size)))
-
-
-def sam_resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Size after resizing the longest side to ``size`` (segment_anything's rounding)."""
-    scale = size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def preprocess_sam(image: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """uint8 [3, H, W] -> ([3, size, size] normalised and padded, resized (h, w))."""
-    h, w = sam_resized_size(image.shape[1], image.shape[2], size)
-    resized = _resize(image.float(), (h, w))
-    mean = torch.tensor(SAM_MEAN, device=image.device).view(3, 1, 1)
-    std = torch.tensor(SAM_STD, device=image.device).view(3, 1, 1)
-    normed = (resized - mean) / std
-    return F.pad(normed, (0, size - w, 0, size - h)), (h, w)
+    return clip_normalize(resize_image(square, (size, size)))
 
 
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
     """Tight box (x0, y0, x1, y1), exclusive ends, of a non-empty [H, W] boolean mask."""
-    ys = torch.nonzero(mask.any(dim=1)).flatten()
-    xs = torch.nonzero(mask.any(dim=0)).flatten()
-    if len(ys) == 0:
+    from torchvision.ops import masks_to_boxes  # local: torchvision is slow to import
+
+    if not mask.any():
         raise ValueError("cannot take the box of an empty mask")
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+    x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[None])[0])  # inclusive ends
+    return x0, y0, x1 + 1, y1 + 1
 
 
 def normalized_box(mask: torch.Tensor) -> torch.Tensor:
@@ -116,4 +99,4 @@ def masked_crop(image: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Ten
     kept = torch.where(mask[None].to(image.device), image.float(), fill)
     crop = kept[:, y0:y1, x0:x1]
     square = pad_to_square(crop, fill)
-    return clip_normalize(_resize(square, (size, size)))
+    return clip_normalize(resize_image(square, (size, size)))

@@ -1,4 +1,4 @@
-"""The three record kinds of DESIGN.md section 3, their validation, and JSON Lines I/O.
+"""The three record kinds (docs/architecture.md, "Record formats"), their validation, JSON Lines I/O.
 
 MRSeg conversation::
 
@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from segllm.files import atomic_write
 from segllm.masks import MaskError, rle_area, rle_bbox
 from segllm.tokens import REF_PATTERN, SEG_TOKEN
 
 ROUND_TYPES = (
     "referring", "semantic", "positional", "interactional", "hierarchical", "attribute", "reasoning",
 )
-"""Round types of an MRSeg conversation (DESIGN.md section 3)."""
+"""Round types of an MRSeg conversation (docs/architecture.md, "Record formats")."""
 
 UNIFIED_TASKS = ("instance", "semantic", "panoptic", "referring", "foreground", "detection")
 """Tasks of a unified segmentation record."""
@@ -393,7 +393,8 @@ def read_jsonl(path: str | os.PathLike, kind: str | None = None, validate: bool 
 
 
 class AtomicWriter:
-    """Write a file through a temporary file in the same directory, renamed on success.
+    """Write a file through a temporary file in the same directory, renamed on success
+    (``segllm.files.atomic_write``), counting the records written.
 
     Use as a context manager; on an exception the temporary file is removed and the target
     (if it existed) is left as it was, so no truncated file is ever left behind::
@@ -405,16 +406,13 @@ class AtomicWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self.count = 0
+        self._file = None
         self._handle = None
-        self._tmp_path: str | None = None
 
     def __enter__(self) -> AtomicWriter:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, self._tmp_path = tempfile.mkstemp(
-            prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=directory
-        )
-        self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        # data files are readable by everyone, whatever the umask
+        self._file = atomic_write(self.path, permissions=0o644)
+        self._handle = self._file.__enter__()
         return self
 
     def write(self, text: str) -> None:
@@ -427,17 +425,7 @@ class AtomicWriter:
         self.count += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
-            self._handle.close()
-            if exc_type is None:
-                os.chmod(self._tmp_path, 0o644)  # mkstemp creates 0600
-                os.replace(self._tmp_path, self.path)
-        finally:
-            if self._tmp_path is not None and os.path.exists(self._tmp_path):
-                os.unlink(self._tmp_path)
+        self._file.__exit__(exc_type, exc, tb)
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict], kind: str | None = None,

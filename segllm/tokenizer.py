@@ -24,6 +24,10 @@ smallest biggest big small large tiny inside outside around part whole hole hole
 most fewest more less than one two three four five six seven eight many each every all both
 man woman person people dog cat car bag shirt umbrella holding walking tail head hand
 now also then find show mark highlight where's same other another object's round rounds
+closest linked line lines colour color has have contains containing background light beige
+would roll if were pushed covers picture corners whole belongs cannot visible could you give me
+detailed description respond interleaved segmentation masks corresponding parts answer
+as by for i they circles hexagons pentagons squares triangles
 """.split()
 
 

@@ -27,3 +27,8 @@ SPECIAL_TOKENS = [SEG_TOKEN, MASK_CROP_TOKEN, MASK_BOX_TOKEN, PHRASE_START, PHRA
 
 REF_PATTERN = re.compile(r"<ref:(\d+)>")
 """``<ref:k>`` in a question marks where round k's masks come back as mask-encoder tokens."""
+
+REGION_PATTERN = re.compile(r"<region(?::(\d+))?>")
+"""``<region:i>`` in a question marks where region mask i, given with the question (a box drawn
+on the image, say), comes in as mask-encoder tokens; a bare ``<region>`` takes the next region
+in order (the n-th bare tag is region n). Inference only: training data has no regions."""

@@ -19,7 +19,7 @@ def test_info_json_and_console_script():
                           capture_output=True, text=True, check=True)
     data = json.loads(proc.stdout)
     assert data["parameters"]["vision_tower"]["total"] == 303_507_456
-    assert data["parameters"]["all"]["trainable"] == 6_777_770_240
+    assert data["parameters"]["all"]["trainable"] == 6_777_770_240 + 4_684  # + reference-mask input
 
 
 def test_unknown_preset_is_refused(capsys):

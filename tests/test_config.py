@@ -28,7 +28,7 @@ def test_overrides_nested_dotted_and_top_level():
 def test_preset_facts():
     seg = SegLLMConfig.from_name("segllm-7b")
     assert (seg.vision.image_size, seg.vision.patch_size, seg.vision.num_image_tokens) == (336, 14, 576)
-    assert seg.mask_encoder.enabled and seg.decoder == "sam" and seg.sam.encoder_embed_dim == 1280
+    assert seg.mask_encoder.enabled and seg.decoder == "sam" and seg.decoder_config.encoder_embed_dim == 1280
     lisa = SegLLMConfig.from_name("lisa-7b")
     assert lisa.vision.image_size == 224 and not lisa.mask_encoder.enabled
     assert (lisa.lora.r, lisa.lora.alpha, lisa.lora.target_modules) == (8, 16, ("q_proj", "v_proj"))
@@ -45,8 +45,8 @@ def test_unknown_preset_and_unknown_field_are_named():
 
 def test_yaml_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("preset: tiny\nsam: {depth: 3}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: config.sam: unknown field"):
+    bad.write_text("preset: tiny\ndecoder_config: {depth: 3}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: config.decoder_config: unknown field"):
         SegLLMConfig.from_file(bad)
     missing = tmp_path / "nopreset.yaml"
     missing.write_text("lora: {r: 2}\n")
@@ -74,3 +74,40 @@ def test_every_file_in_configs_loads():
     for path in files:
         loaded = _load_config_file(path)
         assert loaded, f"{path} loaded as empty"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lora.r": "eight"}, r"config.lora.r: expected an integer, got 'eight'"),
+    ({"trainable.llm": "lorra"}, r"config.trainable.llm: 'lorra' is not one of \['lora', 'full', 'frozen'\]"),
+    ({"token_ids": {"seg": "x"}}, r"config.token_ids.seg: expected an integer, got 'x'"),
+    ({"mask_aware_decoding": "yes"}, r"config.mask_aware_decoding: expected true or false, got 'yes'"),
+    ({"decoder_config.encoder_global_attn_indexes": [1, "a"]},
+     r"config.decoder_config.encoder_global_attn_indexes.1: expected an integer, got 'a'"),
+    ({"llm.num_key_value_heads": 2.5}, r"config.llm.num_key_value_heads: expected an integer, got 2.5"),
+    ({"llm": 3}, r"config.llm: expected a mapping, got int"),
+])
+def test_wrong_types_and_choices_are_named_with_the_full_key_path(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SegLLMConfig.from_name("tiny", **overrides)
+
+
+def test_lists_for_tuples_ints_for_floats_and_none_for_optionals_are_taken():
+    cfg = SegLLMConfig.from_name("tiny", **{"lora.target_modules": ["q_proj"], "loss.dice_weight": 1,
+                                            "decoder_config.encoder_global_attn_indexes": [0, 1],
+                                            "llm.num_key_value_heads": None})
+    assert cfg.lora.target_modules == ("q_proj",) and cfg.decoder_config.encoder_global_attn_indexes == (0, 1)
+    assert cfg.loss.dice_weight == 1.0 and isinstance(cfg.loss.dice_weight, float)
+    assert cfg.llm.num_key_value_heads is None
+
+
+def test_model_and_training_configs_share_one_checker(tmp_path):
+    from segllm.train.args import TrainConfigError, config_from_dict
+    from segllm.typed_config import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\nlora: {r: eight}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: config.lora.r: expected an integer"):
+        SegLLMConfig.from_file(bad)
+    with pytest.raises(TrainConfigError, match=r"config: optim.lr: expected a number, got 'fast'"):
+        config_from_dict({"model": {"preset": "tiny"}, "optim": {"lr": "fast"}})
+    assert issubclass(TrainConfigError, ConfigError)

@@ -5,7 +5,7 @@ A training YAML has top-level run fields and one section per concern::
     output_dir: runs/tiny-synthetic
     max_steps: 50
     micro_batch_size: 2
-    model: {preset: tiny, overrides: {trainable: {sam_mask_decoder: true}}}
+    model: {preset: tiny, overrides: {trainable: {decoder: {mask_decoder: true}}}}
     data: {sources: [{path: data/synthetic/synthetic.jsonl, weight: 1.0}]}
     optim: {lr: 1.0e-3, warmup_steps: 5, schedule: cosine}
     checkpoint: {every: 25}
@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from segllm.typed_config import ConfigError, KeyPath, build_checked
 
-class TrainConfigError(ValueError):
+
+class TrainConfigError(ConfigError):
     """A training config that cannot be used; the message names the file and the key."""
 
 
@@ -40,8 +40,8 @@ class ModelArgs:
     preset: str | None = None  # a SegLLMConfig preset name, e.g. "tiny"
     config_file: str | None = None  # a configs/model/*.yaml file
     pretrained: str | None = None  # a directory written by SegLLMModel.save_pretrained
-    llava_dir: str | None = None  # a llava-hf directory (with sam_checkpoint): from_components
-    sam_checkpoint: str | None = None
+    llava_dir: str | None = None  # a llava-hf directory (with decoder_checkpoint): from_components
+    decoder_checkpoint: str | None = None  # the mask decoder's original weights file
     overrides: dict[str, Any] = field(default_factory=dict)  # SegLLMConfig overrides
     quantize_4bit: bool = False  # QLoRA: NF4 base LLM through bitsandbytes (needs llm: lora)
     gradient_checkpointing: bool = False
@@ -160,7 +160,7 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
     data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item, where=str(path))
-    config = build_checked(TrainConfig, data, str(path))
+    config = build_train_config(data, str(path))
     config.source_file = str(path)
     resolve_shipped_configs(config, path)
     check_config(config, str(path))
@@ -189,7 +189,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     data = copy.deepcopy(data)
     for item in overrides:
         apply_override(data, item, where="config")
-    config = build_checked(TrainConfig, data, "config")
+    config = build_train_config(data, "config")
     check_config(config, "config")
     return config
 
@@ -227,84 +227,13 @@ def _list_index(target: list, part: str, key: str, where: str) -> int:
     return int(part)
 
 
-def build_checked(cls: type, data: Any, where: str, key: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types by name.
-
-    ``where`` names the file, ``key`` the dotted path of ``data`` inside it.
-    """
-    label = f"{where}: {key}" if key else where
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        names = [f"{key}.{u}" if key else u for u in unknown]
-        raise TrainConfigError(f"{where}: unknown key(s) {names}; known here: {sorted(known)}")
-    kwargs = {name: coerce(hints[name], value, where, f"{key}.{name}" if key else name)
-              for name, value in data.items()}
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise TrainConfigError(f"{label}: missing required key(s) {missing}")
-    return cls(**kwargs)
-
-
-def coerce(kind: Any, value: Any, where: str, key: str) -> Any:
-    """Check ``value`` against type ``kind``; accept ints for floats and numeric strings
-    (YAML reads ``1e-3`` as a string)."""
-    origin = typing.get_origin(kind)
-    args = typing.get_args(kind)
-    label = f"{where}: {key}"
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(inner[0], value, where, key)
-    if origin is Literal:
-        if value not in args:
-            raise TrainConfigError(f"{label}: {value!r} is not one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(kind):
-        return build_checked(kind, value, where, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise TrainConfigError(f"{label}: expected a list, got {type(value).__name__}")
-        return [coerce(args[0], v, where, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise TrainConfigError(f"{label}: expected a list of {len(args)} values")
-        return tuple(coerce(a, v, where, f"{key}.{i}") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TrainConfigError(f"{label}: expected a mapping, got {type(value).__name__}")
-        return value
-    return _coerce_scalar(kind, value, label)
-
-
-def _coerce_scalar(kind: Any, value: Any, where: str) -> Any:
-    if kind is Any:
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise TrainConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool):
-            raise TrainConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise TrainConfigError(f"{where}: expected a number, got {value!r}") from None
-    if kind is str:
-        if not isinstance(value, str):
-            raise TrainConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TrainConfigError(f"{where}: unsupported field type {kind!r}")
+def build_train_config(data: Any, where: str) -> TrainConfig:
+    """``TrainConfig`` from nested dicts, every key and type checked (``segllm.typed_config``);
+    ``where`` (the file) starts each message."""
+    try:
+        return build_checked(TrainConfig, data, KeyPath(where))
+    except ConfigError as err:
+        raise TrainConfigError(str(err)) from None
 
 
 def check_config(config: TrainConfig, where: str) -> None:
@@ -333,7 +262,7 @@ def check_paths(config: TrainConfig) -> None:
     wanted = [("deepspeed_config", config.deepspeed_config)]
     m = config.model
     wanted += [(f"model.{k}", getattr(m, k)) for k in ("config_file", "pretrained", "llava_dir",
-                                                          "sam_checkpoint") if getattr(m, k)]
+                                                          "decoder_checkpoint") if getattr(m, k)]
     for i, src in enumerate(config.data.sources):
         wanted.append((f"data.sources.{i}.path", src.path))
         if src.image_root:

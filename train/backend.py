@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from segllm.dtypes import parse_dtype
+
 from .args import TrainConfig
 
 AUTO = "auto"
@@ -69,10 +71,9 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
 
 def training_dtype(ds: dict[str, Any]) -> torch.dtype:
     """The dtype DeepSpeed casts the module (and so the batch) to."""
-    if ds.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds.get("fp16", {}).get("enabled"):
-        return torch.float16
+    for section in ("bf16", "fp16"):  # DeepSpeed's section names are dtype names
+        if ds.get(section, {}).get("enabled"):
+            return parse_dtype(section)
     return torch.float32
 
 

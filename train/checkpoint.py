@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segllm.files import write_text_atomic
+
 PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"
 STATE_NAME = "trainer_state.json"
@@ -100,20 +102,13 @@ def save_checkpoint(engine, backend, output_dir: str | Path, step: int,
     torch.save(rng_state(), tmp / f"rng_state_rank{backend.rank}.pt")
     backend.barrier()
     if backend.is_main:
-        _write_json_durably(tmp / STATE_NAME, trainer_state)
+        write_text_atomic(tmp / STATE_NAME, json.dumps(trainer_state, indent=2))
         if final.exists():  # a re-run of the same step: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
         prune_checkpoints(root, keep)
     backend.barrier()
     return final
-
-
-def _write_json_durably(path: Path, obj: Any) -> None:
-    with open(path, "w") as handle:
-        json.dump(obj, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:

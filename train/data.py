@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from segllm.batching import EncodedSample, SegBatch, collate, encode_sample
 from segllm.config import SegLLMConfig
-from segllm.records import read_jsonl
+from segllm.grounding import gcg_to_conversation
+from segllm.images import load_image
+from segllm.records import read_jsonl, record_kind
 
 from .args import DataArgs, SourceArgs
 
@@ -42,8 +43,17 @@ class ConversationSource:
 
     @classmethod
     def from_args(cls, args: SourceArgs, validate: bool = True) -> ConversationSource:
+        """MRSeg conversations, or GCG records (each becomes a one-round grounded caption)."""
         path = Path(args.path)
-        records = list(read_jsonl(path, kind="conversation", validate=validate))
+        records = []
+        for line, record in enumerate(read_jsonl(path, validate=validate), start=1):
+            kind = record_kind(record)
+            if kind == "gcg":
+                record = gcg_to_conversation(record)
+            elif kind != "conversation":
+                raise ValueError(f"{path}: record {line} is a {kind} record; training takes "
+                                 "MRSeg conversations and GCG records")
+            records.append(record)
         if not records:
             raise ValueError(f"{path}: no records")
         root = Path(args.image_root) if args.image_root else path.parent
@@ -56,10 +66,9 @@ class ConversationSource:
     def load(self, index: int) -> tuple[dict, np.ndarray]:
         """Record ``index`` and its image as an (H, W, 3) uint8 array."""
         record = self.records[index]
-        image_path = self.image_root / record["image"]
-        with Image.open(image_path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-        return record, pixels
+        # the stored pixels: the data set's masks and sizes are on them, whatever EXIF says
+        image = load_image(self.image_root / record["image"], orientation="stored")
+        return record, np.asarray(image)
 
 
 def mixture_probabilities(sizes: Sequence[int], weights: Sequence[float], mixing: str) -> np.ndarray:

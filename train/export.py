@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
+from segllm.dtypes import parse_dtype
 from segllm.modeling.lora import has_lora, merge_lora
 from segllm.modeling.model import SegLLMModel
 from segllm.quantization import dequantize_linear_layers
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def merged_copy(model: SegLLMModel) -> SegLLMModel:
@@ -38,5 +37,5 @@ def merged_copy(model: SegLLMModel) -> SegLLMModel:
 def export_merged(model: SegLLMModel, path: str | Path, dtype: str = "float32") -> Path:
     """Write the merged model to ``path`` (atomically, by ``save_pretrained``)."""
     merged = merged_copy(model)
-    merged.to(DTYPES[dtype])
+    merged.to(parse_dtype(dtype))
     return merged.save_pretrained(path)

@@ -1,5 +1,6 @@
 """Build the model a run trains: preset / config file / pretrained directory / llava-hf +
-SAM, then the config's overrides, QLoRA quantisation and gradient checkpointing."""
+the decoder's checkpoint, then the config's overrides, QLoRA quantisation and gradient
+checkpointing."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def build_model(args: ModelArgs) -> SegLLMModel:
         model = SegLLMModel.from_pretrained(args.pretrained)
         retarget_trainable(model, args.overrides)
     else:
-        model = SegLLMModel.from_components(args.llava_dir, args.sam_checkpoint, **args.overrides)
+        model = SegLLMModel.from_components(args.llava_dir, args.decoder_checkpoint,
+                                            **args.overrides)
     if args.quantize_4bit:
         if model.config.trainable.llm != "lora":
             raise ValueError("model.quantize_4bit (QLoRA) needs trainable.llm: lora; got "

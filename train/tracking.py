@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from segllm.files import write_text_atomic
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -26,9 +27,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Rewrite the file without lines whose step is after ``last_step`` (atomically)."""
     kept = [m for m in read_metrics(path) if m.get("step", 0) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(m) + "\n" for m in kept))
 
 
 class MetricsTracker:

@@ -28,6 +28,7 @@ from .backend import Backend, deepspeed_config, make_backend, training_dtype
 from .data import MixedConversations, StepBatches, batch_loader, count_tokens, read_validation
 from .export import export_merged
 from .model_setup import build_model
+from .objective import compute_objective
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsTracker, Progress
 from .validation import per_round_ciou
@@ -137,7 +138,7 @@ def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str 
         tokens = 0
         for _ in range(accumulation):
             batch = next(loader).to(engine.device, dtype)
-            out = engine(batch)
+            out = compute_objective(module, batch, forward=engine)
             backend.backward_and_step(out.loss)
             for key, value in micro_losses(out).items():
                 sums[key] += value / accumulation

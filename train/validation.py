@@ -28,13 +28,13 @@ def per_round_ciou(model, source: ConversationSource, batch_size: int, device,
     model.eval()
     inter: dict[int, list[np.ndarray]] = defaultdict(list)
     union: dict[int, list[np.ndarray]] = defaultdict(list)
-    threshold = model.config.sam.mask_threshold
+    threshold = model.decoder.mask_threshold
     pad = model.config.token_ids["pad"]
     for start in range(0, len(source), batch_size):
         samples = [encode_sample(*source.load(i), model.tokenizer, model.config)
                    for i in range(start, min(start + batch_size, len(source)))]
         batch = collate(samples, pad).to(device, dtype)
-        out = model(batch, compute_loss=False)
+        out = model(**batch.model_inputs())
         for i, logits in enumerate(out.mask_logits):
             if logits.shape[0] == 0:
                 continue

@@ -22,7 +22,8 @@ HISTORY_FILE = Path.home() / ".segllm_chat_history"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="directory written by save_pretrained")
+    parser.add_argument("--model", help="directory written by save_pretrained (default: the "
+                        "shipped models/segllm-shapes)")
     parser.add_argument("--image", required=True, help="the image to talk about")
     parser.add_argument("--script", help="file with one question a line (# starts a comment)")
     parser.add_argument("--out", default="chat_outputs", help="where rounds are saved")
@@ -56,9 +57,11 @@ def generation_from_args(args):
 
 
 def load_pipeline(args):
+    """The pipeline of ``--model`` (the shipped model when it is not given)."""
     from segllm.pipeline import SegLLMPipeline
+    from segllm.shipped import resolve_model_dir
 
-    return SegLLMPipeline.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+    return SegLLMPipeline.from_pretrained(resolve_model_dir(args.model), dtype=args.dtype, device=args.device,
                                           load_in_4bit=args.load_in_4bit,
                                           load_in_8bit=args.load_in_8bit,
                                           generation=generation_from_args(args))
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(args)
     try:
-        session = pipeline.start(args.image)
+        session = pipeline.start(args.image, orientation="exif")  # a user's photo
     except ImageError as err:
         print(f"error: {args.image}: {err}", file=sys.stderr)
         return 2

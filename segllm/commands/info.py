@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..modeling.decoders import decoder_class
     from ..modeling.model import SegLLMModel
 
     config = SegLLMConfig.from_name(args.preset)
@@ -38,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
           f"vocab {c.llm.vocab_size}, trained: {c.trainable.llm}"
           + (f" (LoRA r={c.lora.r} alpha={c.lora.alpha} on {','.join(c.lora.target_modules)})"
              if c.trainable.llm == "lora" else ""))
-    print(f"  mask decoder  {c.decoder}: ViT {c.sam.encoder_embed_dim}d x{c.sam.encoder_depth}, "
-          f"{c.sam.image_size}px")
+    print(f"  mask decoder  {c.decoder}: {decoder_class(c.decoder).describe(c.decoder_config)}")
     print(f"  mask encoder  {'on' if c.mask_encoder.enabled else 'off'}")
     print(f"  loss          CE x{c.loss.ce_weight} + BCE x{c.loss.bce_weight} "
           f"+ Dice x{c.loss.dice_weight}")

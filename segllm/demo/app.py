@@ -1,9 +1,17 @@
-"""``segllm serve``: a gradio page to chat with a model about an uploaded image.
+"""``segllm serve``: a gradio page to chat with a model about an image.
 
-Upload an image, ask questions over several rounds (``<ref:k>`` brings back round k's masks),
-see each round's overlay, undo the last round, download every mask as a zip (PNG masks, COCO
-RLE in JSON, overlays). Uploads are limited in bytes and pixels (PIL's decompression-bomb guard
-stays on); a file that is not an image gets a message, not a stack trace.
+Click one of the bundled example scenes (its questions are offered as suggestions to click) or
+upload an image; ask questions over several rounds, see each round's overlay, undo the last
+round, download every mask as a zip (PNG masks, COCO RLE in JSON, overlays). Without
+``--model`` the shipped model (``segllm.shipped``) is served.
+
+Two controls write the question's mask inputs for the visitor: clicking an earlier round's
+overlay inserts ``<ref:k>`` at the cursor (round k's masks come back; the CLI and the API take
+the same text), and a box drawn on the image (click two opposite corners), inserted with
+"Insert region", comes in as ``<region>`` (``ChatSession.ask(regions=[box])``).
+
+Uploads are limited in bytes and pixels (PIL's decompression-bomb guard stays on); a file that
+is not an image gets a message, not a stack trace.
 
 The page logic is ``SegLLMDemo``: plain methods that the gradio events call, testable without a
 browser. Sessions live in this process (a key in the page's state points to them), the oldest
@@ -14,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -24,12 +34,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segllm.commands.chat import add_model_arguments, load_pipeline, save_round
+from segllm.shipped import SCENES_DIR
+from segllm.tokens import REF_PATTERN, REGION_PATTERN
 
 Outputs = tuple  # what an event returns, in the order of its gradio outputs
 
+SUGGESTIONS = 4
+"""Scene questions offered at a time."""
+
+BOX_COLOR = (255, 40, 40)
+
+PREVIEW_MIN_SIDE = 512
+"""A small image is shown enlarged to this (whole factors): larger than the page shows it, so
+the browser only shrinks it and gradio's click coordinates (natural-size pixels) stay exact."""
+
+HOW_TO = ("Ask a question (or click a suggestion). Click a round's overlay below to refer to it "
+          "(`<ref:k>`); click two opposite corners on the image to draw a box, then "
+          "**Insert region** (`<region>`).")
+
+CSS = "#scenes img { image-rendering: pixelated; }"
+"""The 64-pixel example scenes stay crisp when their thumbnails are enlarged."""
+
+CURSOR_JS = """(question, cursor, ...rest) => {
+  const box = document.querySelector('#question textarea');
+  return [question, box ? box.selectionStart : null, ...rest];
+}"""
+"""Runs in the browser before ``refer`` / ``insert_region``: passes the question box's cursor
+(the position it keeps after losing focus) so the tag lands where the visitor was typing."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="directory written by save_pretrained")
+    parser.add_argument("--model", help="directory written by save_pretrained (default: the "
+                        "shipped models/segllm-shapes, or $SEGLLM_MODEL)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-file-mb", type=float, default=10.0, help="largest upload")
@@ -40,12 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    demo = SegLLMDemo(load_pipeline(args), max_file_bytes=int(args.max_file_mb * 2**20),
-                      max_pixels=args.max_pixels, max_sessions=args.max_sessions)
+    max_file_bytes = upload_limit_bytes(args.max_file_mb)
+    try:
+        pipeline = load_pipeline(args)
+    except FileNotFoundError as err:  # no --model and no shipped model: say so, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    demo = SegLLMDemo(pipeline, max_file_bytes=max_file_bytes, max_pixels=args.max_pixels,
+                      max_sessions=args.max_sessions)
     blocks = demo.build()
     blocks.queue(max_size=32).launch(server_name=args.host, server_port=args.port,
-                                     max_file_size=f"{args.max_file_mb}mb", show_error=True)
+                                     max_file_size=max_file_bytes, show_error=True, css=CSS)
     return 0
+
+
+def upload_limit_bytes(max_file_mb: float) -> int:
+    """The upload limit in bytes: gradio takes an int as bytes, while its strings accept only
+    whole numbers ("10.0mb" is refused), so the MiB of ``--max-file-mb`` are converted here."""
+    return int(max_file_mb * 2**20)
 
 
 @dataclass
@@ -56,6 +104,10 @@ class _Chat:
     folder: Path
     overlays: list[tuple[str, str]] = field(default_factory=list)  # (path, caption)
     messages: list[dict] = field(default_factory=list)
+    scene: dict | None = None  # the example scene's record (questions, ground truth)
+    scale: int = 1  # preview pixels per image pixel
+    corner: tuple[int, int] | None = None  # a box's first click, in image pixels
+    box: list[int] | None = None  # the drawn box, [x, y, w, h] in image pixels
 
 
 class SegLLMDemo:
@@ -66,12 +118,13 @@ class SegLLMDemo:
         generation: decoding settings for every chat (default: the pipeline's).
         max_file_bytes, max_pixels: upload limits (checked before decoding).
         output_root: where each chat's masks and overlays are written (a temp dir by default).
+        scenes_dir: example scenes (``scenes.jsonl`` + images); the bundled ones by default.
     """
 
     def __init__(self, pipeline, generation=None, max_file_bytes: int = 10 * 2**20,
                  max_pixels: int = 25_000_000, max_sessions: int = 32,
-                 output_root: str | Path | None = None):
-        from segllm.pipeline import ImageLimits
+                 output_root: str | Path | None = None, scenes_dir: str | Path = SCENES_DIR):
+        from segllm.images import ImageLimits
 
         self.pipeline = pipeline
         self.generation = generation
@@ -81,104 +134,264 @@ class SegLLMDemo:
         self.max_sessions = max_sessions
         self._chats: OrderedDict[str, _Chat] = OrderedDict()
         self._lock = threading.Lock()
+        self.scenes_dir = Path(scenes_dir)
+        self.scenes = read_scenes(self.scenes_dir)
 
     # -- events (each returns the new values of its outputs) ---------------------------------
 
     def upload(self, path: str | None, key: str | None) -> Outputs:
-        """A new image: (key, preview, chat, gallery, download, status)."""
-        from segllm.pipeline import ImageError, load_image
+        """A new image: (key, preview, chat, gallery, download, status, suggestions)."""
+        from segllm.images import ImageError, load_image
 
         self._drop(key)
         if not path:
-            return None, None, [], [], None, "Upload an image to start."
+            return None, None, [], [], None, "Upload an image or click an example scene.", []
         try:
-            image = load_image(path, self.limits)
-            session = self.pipeline.start(image, generation=self.generation)
+            # a user's photo: shown, and answered, as EXIF says
+            image = load_image(path, orientation="exif", limits=self.limits)
         except ImageError as err:
-            return None, None, [], [], None, f"**Refused:** {html.escape(str(err))}"
-        key = uuid.uuid4().hex
-        folder = self.output_root / key
-        folder.mkdir(parents=True)
-        self._remember(key, _Chat(session=session, folder=folder))
-        status = (f"Image loaded ({image.width}x{image.height}). Ask a question; refer to an "
-                  "earlier round k with `<ref:k>`.")
-        return key, image, [], [], None, status
+            return _refused_image(err)
+        return self._open(image, orientation="exif",
+                          loaded=f"Image loaded ({image.width}x{image.height})")
+
+    def load_scene(self, index: int, key: str | None) -> Outputs:
+        """An example scene clicked: like ``upload``, its questions offered as suggestions."""
+        from segllm.images import load_image
+
+        self._drop(key)
+        scene = self.scenes[index]
+        image = load_image(self.scenes_dir / scene["image"], orientation="stored",
+                           limits=self.limits)
+        return self._open(image, orientation="stored", scene=scene,
+                          loaded=f"Scene {index} loaded ({image.width}x{image.height})")
 
     def ask(self, question: str, key: str | None) -> Outputs:
-        """A question: (chat, gallery, download, status, question box)."""
+        """A question: (chat, gallery, download, status, question box, suggestions)."""
         from segllm.pipeline import InputError
 
-        chat = self._chats.get(key) if key else None
+        chat = self._chat(key)
         if chat is None:
-            return [], [], None, "Upload an image first.", question
+            return [], [], None, "Upload an image first.", question, []
+        # the drawn box goes in only when the question asks for it (no note about an unused box)
+        regions = [chat.box] if chat.box and REGION_PATTERN.search(question) else None
         try:
-            reply = chat.session.ask(question)
+            reply = chat.session.ask(question, regions=regions)
         except InputError as err:
             return (chat.messages, chat.overlays, self._zip(chat),
-                    f"**Refused:** {html.escape(str(err))}", question)
+                    f"**Refused:** {html.escape(str(err))}", question, self.suggestions(key))
         round_dir = save_round(chat.folder, chat.session.image, reply)
+        if regions:  # the round's overlay shows the box its question used
+            _mark_overlay(round_dir / "overlay.png", box=chat.box,
+                          width=chat.session.image.width)
         caption = f"round {reply.round}: {reply.text}"
         chat.overlays.append((str(round_dir / "overlay.png"), caption))
         chat.messages += [{"role": "user", "content": _shown(f"[{reply.round}] {question}")},
                           {"role": "assistant", "content": _shown(reply.text or "(no text)")}]
         notes = "".join(f" Note: {html.escape(n)}." for n in reply.warnings)
-        status = f"Round {reply.round}: {len(reply.masks)} mask(s).{notes}"
-        return chat.messages, chat.overlays, self._zip(chat), status, ""
+        status = f"Round {reply.round}: {len(reply.masks)} mask(s).{_scene_note(chat, reply)}{notes}"
+        return chat.messages, chat.overlays, self._zip(chat), status, "", self.suggestions(key)
 
     def undo(self, key: str | None) -> Outputs:
-        """Undo the last round: (chat, gallery, download, status)."""
+        """Undo the last round: (chat, gallery, download, status, suggestions)."""
         from segllm.pipeline import InputError
 
-        chat = self._chats.get(key) if key else None
+        chat = self._chat(key)
         if chat is None:
-            return [], [], None, "Upload an image first."
+            return [], [], None, "Upload an image first.", []
         try:
             reply = chat.session.undo()
         except InputError as err:
-            return chat.messages, chat.overlays, self._zip(chat), f"**Refused:** {err}"
+            return (chat.messages, chat.overlays, self._zip(chat), f"**Refused:** {err}",
+                    self.suggestions(key))
         shutil.rmtree(chat.folder / f"round_{reply.round:02d}", ignore_errors=True)
         chat.overlays.pop()
         del chat.messages[-2:]
-        return chat.messages, chat.overlays, self._zip(chat), f"Undid round {reply.round}."
+        return (chat.messages, chat.overlays, self._zip(chat), f"Undid round {reply.round}.",
+                self.suggestions(key))
+
+    def suggestions(self, key: str | None) -> list[str]:
+        """Questions to offer: an example scene's next question while the chat follows the
+        scene (so its ``<ref:k>`` mean what the scene means), then its questions that refer
+        to no round."""
+        chat = self._chat(key)
+        if chat is None or chat.scene is None:
+            return []
+        questions = [rnd["question"] for rnd in chat.scene["rounds"]]
+        asked = [reply.question.strip() for reply in chat.session.history]
+        offered = questions[len(asked):len(asked) + 1] if _follows(asked, questions) else []
+        offered += [q for q in questions
+                    if not REF_PATTERN.search(q) and q not in asked and q not in offered]
+        return offered[:SUGGESTIONS]
+
+    def refer(self, index: int, question: str, cursor: float | None,
+              key: str | None) -> Outputs:
+        """Round ``index``'s overlay clicked: ``<ref:index>`` into the question at the cursor:
+        (question box, status)."""
+        chat = self._chat(key)
+        if chat is None:
+            return question, "Upload an image first."
+        history = chat.session.history
+        if not 0 <= index < len(history):
+            return question, f"There is no round {index}."
+        if not any(mask.any() for mask in history[index].masks):
+            return question, f"Round {index} has no mask to refer to."
+        return (insert_tag(question, f"<ref:{index}>", cursor=cursor),
+                f"Inserted `<ref:{index}>`: round {index}'s mask(s) come back with the question.")
+
+    def click_image(self, x: int, y: int, key: str | None) -> Outputs:
+        """A click on the shown image at (x, y): a box's first corner, then the opposite one
+        (a third click starts a new box): (preview, status)."""
+        chat = self._chat(key)
+        if chat is None:
+            return None, "Upload an image first."
+        width, height = chat.session.image.size
+        point = (min(max(int(x) // chat.scale, 0), width - 1),
+                 min(max(int(y) // chat.scale, 0), height - 1))
+        if chat.corner is None:
+            chat.corner, chat.box = point, None
+            return self._preview(chat), f"Corner at {point}: click the opposite corner."
+        (x0, y0), (x1, y1) = chat.corner, point
+        chat.corner = None
+        chat.box = [min(x0, x1), min(y0, y1), abs(x1 - x0) + 1, abs(y1 - y0) + 1]
+        return (self._preview(chat), f"Box [x, y, w, h] = {chat.box} drawn: "
+                "**Insert region** puts `<region>` in the question.")
+
+    def insert_region(self, question: str, cursor: float | None, key: str | None) -> Outputs:
+        """``<region>`` (the drawn box) into the question at the cursor: (question box, status)."""
+        chat = self._chat(key)
+        if chat is None:
+            return question, "Upload an image first."
+        if chat.box is None:
+            return question, "Draw a box first: click two opposite corners on the image."
+        return (insert_tag(question, "<region>", cursor=cursor),
+                f"Inserted `<region>`: the box {chat.box} comes in with the question.")
+
+    def clear_box(self, key: str | None) -> Outputs:
+        """Forget the drawn box: (preview, status)."""
+        chat = self._chat(key)
+        if chat is None:
+            return None, "Upload an image first."
+        chat.corner = chat.box = None
+        return self._preview(chat), "Box cleared."
 
     # -- the page -----------------------------------------------------------------------------
 
     def build(self):
-        """The gradio Blocks; element ids (#upload, #question, #send, #undo, #overlays,
-        #status, #chat, #download) are what the browser test drives."""
+        """The gradio Blocks; element ids (#scenes, #upload, #preview, #insert-region,
+        #clear-box, #suggestions, #question, #send, #undo, #overlays, #status, #chat,
+        #download) are what the browser test drives. Launch it with ``css=CSS``."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
 
         with gr.Blocks(title="SegLLM", analytics_enabled=False) as blocks:
             gr.Markdown("## SegLLM: multi-round reasoning segmentation")
             key = gr.State(None)
+            cursor = gr.Number(None, visible=False, precision=0)  # filled in by CURSOR_JS
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.File(label="Image", file_types=["image"], type="filepath",
-                                     elem_id="upload")
-                    preview = gr.Image(label="Image", interactive=False, elem_id="preview",
-                                       type="pil")
-                    download = gr.File(label="Masks (zip)", interactive=False,
-                                       elem_id="download")
+                    scenes = gr.Dataset(components=["image"], samples=self.scene_samples(),
+                                        type="index", label="Example scenes: click one",
+                                        elem_id="scenes", samples_per_page=len(self.scenes) or 1,
+                                        visible=bool(self.scenes))
+                    upload = gr.UploadButton("…or upload an image", file_types=["image"],
+                                             type="filepath", elem_id="upload", size="sm")
+                    preview = gr.Image(label="Image: click two opposite corners to draw a box",
+                                       interactive=False, elem_id="preview", type="pil",
+                                       height=400)
+                    with gr.Row():
+                        region = gr.Button("Insert region", elem_id="insert-region", size="sm")
+                        clear = gr.Button("Clear box", elem_id="clear-box", size="sm")
                 with gr.Column(scale=1):
                     chatbot = gr.Chatbot(label="Chat", elem_id="chat", height=320)
+                    # buttons, not a gr.Dataset: its samples are cut at 60 characters
+                    with gr.Column(elem_id="suggestions"):
+                        heading = gr.Markdown("Suggested questions (click one to use it):",
+                                              visible=False)
+                        offers = [gr.Button(visible=False, size="sm") for _ in range(SUGGESTIONS)]
                     question = gr.Textbox(label="Question", elem_id="question", lines=1,
-                                          placeholder="Segment the dog. / Segment the ball "
-                                                      "left of <ref:0>.")
+                                          placeholder="Segment the red shape. / Segment the "
+                                                      "shape left of <ref:0>.")
                     with gr.Row():
                         send = gr.Button("Send", variant="primary", elem_id="send")
                         undo = gr.Button("Undo last round", elem_id="undo")
-                    status = gr.Markdown("Upload an image to start.", elem_id="status")
-            gallery = gr.Gallery(label="Overlays, one per round", elem_id="overlays",
-                                 columns=4, height=260, object_fit="contain")
-            upload.change(self.upload, [upload, key],
-                          [key, preview, chatbot, gallery, download, status])
+                    status = gr.Markdown("Click an example scene or upload an image to start.",
+                                         elem_id="status")
+                    download = gr.File(label="Masks (zip)", interactive=False,
+                                       elem_id="download", height=100)
+            gallery = gr.Gallery(label="Rounds: click one to refer to it in the question "
+                                       "(<ref:k>)", elem_id="overlays", columns=6, height=260,
+                                 object_fit="contain", allow_preview=False, fit_columns=False)
+
+            suggestions = [heading, *offers]
+
+            def offered(outputs: Outputs) -> Outputs:  # the last output: suggestions
+                *rest, questions = outputs
+                shown = [gr.Button(q, visible=True) for q in questions]
+                shown += [gr.Button(visible=False) for _ in range(SUGGESTIONS - len(questions))]
+                return *rest, gr.Markdown(visible=bool(questions)), *shown
+
+            opened = [key, preview, chatbot, gallery, download, status, *suggestions]
+            scenes.click(lambda i, k: offered(self.load_scene(i, k)), [scenes, key], opened)
+            upload.upload(lambda path, k: offered(self.upload(path, k)), [upload, key], opened)
             for trigger in (send.click, question.submit):
-                trigger(self.ask, [question, key], [chatbot, gallery, download, status, question])
-            undo.click(self.undo, [key], [chatbot, gallery, download, status])
+                trigger(lambda q, k: offered(self.ask(q, k)), [question, key],
+                        [chatbot, gallery, download, status, question, *suggestions])
+            undo.click(lambda k: offered(self.undo(k)), [key],
+                       [chatbot, gallery, download, status, *suggestions])
+            for offer in offers:
+                offer.click(lambda text: text, [offer], [question])
+            gallery.select(_on_select(gr, self.refer), [question, cursor, key],
+                           [question, status], js=CURSOR_JS)
+            preview.select(_on_select(gr, lambda xy, k: self.click_image(*xy, k)), [key],
+                           [preview, status])
+            region.click(self.insert_region, [question, cursor, key], [question, status],
+                         js=CURSOR_JS)
+            clear.click(self.clear_box, [key], [preview, status])
         return blocks
 
+    def scene_samples(self) -> list[list[str]]:
+        """The example scenes' image paths, one sample each."""
+        return [[str(self.scenes_dir / scene["image"])] for scene in self.scenes]
+
     # -- helpers -------------------------------------------------------------------------------
+
+    def _chat(self, key: str | None) -> _Chat | None:
+        return self._chats.get(key) if key else None
+
+    def _open(self, image, *, orientation: str, loaded: str, scene: dict | None = None
+              ) -> Outputs:
+        """Start a chat on ``image``: (key, preview, chat, gallery, download, status,
+        suggestions)."""
+        from segllm.images import ImageError
+
+        try:
+            session = self.pipeline.start(image, generation=self.generation,
+                                          orientation=orientation)
+        except ImageError as err:
+            return _refused_image(err)
+        key = uuid.uuid4().hex
+        folder = self.output_root / key
+        folder.mkdir(parents=True)
+        chat = _Chat(session=session, folder=folder, scene=scene,
+                     scale=_preview_scale(*session.image.size))
+        self._remember(key, chat)
+        return (key, self._preview(chat), [], [], None, f"{loaded}. {HOW_TO}",
+                self.suggestions(key))
+
+    def _preview(self, chat: _Chat):
+        """The image as shown: small ones enlarged (whole factors, so a click maps back to one
+        pixel), with the drawn box or its first corner."""
+        from PIL import Image, ImageDraw
+
+        image, s = chat.session.image, chat.scale
+        shown = image.resize((image.width * s, image.height * s), Image.NEAREST)
+        if chat.box is not None:
+            _draw_box(shown, box=chat.box, scale=s)
+        elif chat.corner is not None:
+            cx, cy = (v * s + s // 2 for v in chat.corner)
+            r = 2 * _line_width(shown)
+            ImageDraw.Draw(shown).ellipse([cx - r, cy - r, cx + r, cy + r], fill=BOX_COLOR)
+        return shown
 
     def _remember(self, key: str, chat: _Chat) -> None:
         with self._lock:
@@ -204,3 +417,94 @@ class SegLLMDemo:
 def _shown(text: str) -> str:
     """Chat text with ``<ref:k>`` and ``[SEG]`` kept visible (not taken for HTML)."""
     return html.escape(text)
+
+
+def read_scenes(folder: Path) -> list[dict]:
+    """The example scenes' records (none when the folder has no ``scenes.jsonl``)."""
+    path = folder / "scenes.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def insert_tag(text: str, tag: str, *, cursor: float | None = None) -> str:
+    """``text`` with ``tag`` at ``cursor`` (the end when unknown), spaced off from the words
+    around it."""
+    at = len(text) if cursor is None or not 0 <= cursor <= len(text) else int(cursor)
+    before, after = text[:at], text[at:]
+    if before and not before[-1].isspace():
+        before += " "
+    if after and not after[0].isspace() and after[0] not in ".,;:?!)":
+        after = " " + after
+    return before + tag + after
+
+
+def _follows(asked: list[str], questions: list[str]) -> bool:
+    """Whether the chat so far asked the scene's questions in the scene's order."""
+    return len(asked) <= len(questions) and asked == [q.strip() for q in questions[:len(asked)]]
+
+
+def _scene_note(chat: _Chat, reply) -> str:
+    """The answer against the example scene's ground truth, while the chat follows the scene."""
+    from segllm.commands.demo import round_ious
+    from segllm.masks import decode_rle
+
+    if chat.scene is None:
+        return ""
+    rounds = chat.scene["rounds"]
+    if not _follows([r.question.strip() for r in chat.session.history],
+                    [r["question"] for r in rounds]):
+        return ""
+    targets = [decode_rle(t["rle"]).astype(bool) for t in rounds[reply.round]["targets"]]
+    if not targets:
+        verdict = "right" if not reply.masks else "wrong"
+        return f" The scene has no such object: answering without a mask is {verdict}."
+    ious = ", ".join(f"{v:.2f}" for v in round_ious(reply.masks, targets))
+    return f" IoU against the scene's ground truth: {ious}."
+
+
+def _line_width(image) -> int:
+    return max(2, min(image.size) // 150)
+
+
+def _draw_box(image, *, box: list[int], scale: int) -> None:
+    """Outline ``box`` ([x, y, w, h] in image pixels) on ``image``, an enlargement by ``scale``."""
+    from PIL import ImageDraw
+
+    x, y, w, h = box
+    ImageDraw.Draw(image).rectangle(
+        [x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1], outline=BOX_COLOR,
+        width=_line_width(image))
+
+
+def _mark_overlay(path: Path, *, box: list[int], width: int) -> None:
+    """Draw ``box`` on a saved overlay (enlarged by a whole factor from ``width`` pixels)."""
+    from PIL import Image
+
+    with Image.open(path) as overlay:
+        marked = overlay.convert("RGB")
+    _draw_box(marked, box=box, scale=marked.width // width)
+    marked.save(path)
+
+
+def _preview_scale(width: int, height: int) -> int:
+    """Whole factor that shows a small image at least ``PREVIEW_MIN_SIDE`` px across, never
+    past 2048 px on the longer side."""
+    short, long = min(width, height), max(width, height)
+    if short >= PREVIEW_MIN_SIDE:
+        return 1
+    return max(1, min(-(-PREVIEW_MIN_SIDE // short), 2048 // long))
+
+
+def _refused_image(err) -> Outputs:
+    return None, None, [], [], None, f"**Refused:** {html.escape(str(err))}", []
+
+
+def _on_select(gr, fn):
+    """A listener that hands ``fn`` the selected item's index (a gallery's position, an image's
+    [x, y]) before the inputs; gradio passes ``SelectData`` by this annotation."""
+    def listener(evt, *inputs):
+        return fn(evt.index, *inputs)
+
+    listener.__annotations__ = {"evt": gr.SelectData}
+    return listener

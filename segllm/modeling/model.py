@@ -1,13 +1,15 @@
 """SegLLM: LLaVA + [SEG] seg head + mask decoder + mask encoder.
 
-Flow of one forward (see DESIGN.md section 1)::
+Flow of one forward (docs/architecture.md, "Data flow")::
 
     token embeddings ── image tokens <- projector(CLIP patches)
                      └─ <mask_crop> <- projector(CLIP CLS of masked crop), <mask_box> <- Linear(4,H)
     LLM (Llama) ── last hidden state at every position whose *next* token is [SEG]
-                └─ seg head -> prompt embeddings -> SAM (image features once per image) -> masks
+                └─ seg head -> prompt embeddings -> mask decoder (image features once per
+                   image) -> masks
 
 Positions are found from token ids after placeholder expansion; nothing assumes an offset.
+Shapes: H is the LLM's hidden size, MH x MW a mask's height and width (the image's size).
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from ..batching import SegBatch
 from ..config import SegLLMConfig
 from ..tokenizer import add_segllm_tokens, build_tiny_tokenizer
-from .decoders.sam import SAMDecoder
+from .decoders import build_decoder, decoder_class
 from .llava import build_llava_config, cls_tokens, image_tokens, load_llava, sizes_from_llava_config
 from .loading import CheckpointError, load_state_dict_strict
 from .lora import add_lora, is_lora_parameter
-from .losses import language_model_loss, mask_losses
 from .mask_encoder import MaskEncoder
 from .seg_head import SegHead
 
@@ -41,20 +41,22 @@ CONFIG_NAME = "segllm_config.json"
 class SegLLMOutput:
     """What ``SegLLMModel.forward`` returns. Per-sample lists follow the batch order."""
 
-    loss: torch.Tensor | None
-    ce_loss: torch.Tensor | None
-    bce_loss: torch.Tensor | None
-    dice_loss: torch.Tensor | None
-    num_masks: int
     logits: torch.Tensor  # [B, L, V]
-    mask_logits: list[torch.Tensor]  # per sample [n_i, H, W] at the original size
+    hidden_states: torch.Tensor  # [B, L, D] the LLM's last hidden states
+    image_features: torch.Tensor  # the decoder's image encoding of every sample's image
+    mask_logits: list[torch.Tensor]  # per sample [n_i, H_i, W_i] at the original size
     mask_scores: list[torch.Tensor]  # per sample [n_i] predicted IoU
-    mask_rounds: list[torch.Tensor]  # per sample [n_i] round of each mask
-    past_key_values: object = None
-    seg_embeddings: list[torch.Tensor] = field(default_factory=list)  # per sample [n_i, T, D]
+    mask_rounds: list[torch.Tensor] | None  # per sample [n_i] round of each mask (with round_ids)
+    seg_embeddings: list[torch.Tensor] = field(default_factory=list)  # per sample [n_i, T, P]
+
+    @property
+    def num_masks(self) -> int:
+        return sum(m.shape[0] for m in self.mask_logits)
 
     def masks_by_round(self, sample: int, num_rounds: int) -> list[list[torch.Tensor]]:
         """Mask logits of one sample grouped by round: ``[round][k] -> [H, W]``."""
+        if self.mask_rounds is None:
+            raise ValueError("masks_by_round needs the forward's round_ids")
         grouped: list[list[torch.Tensor]] = [[] for _ in range(num_rounds)]
         for m, r in zip(self.mask_logits[sample], self.mask_rounds[sample].tolist(), strict=True):
             grouped[r].append(m)
@@ -72,15 +74,15 @@ class SegLLMModel(nn.Module):
 
     def __init__(self, config: SegLLMConfig, llava: LlavaForConditionalGeneration | None = None):
         super().__init__()
-        if config.decoder != "sam":
-            raise ValueError(f"unknown mask decoder {config.decoder!r}; known: ['sam']")
         self.config = config
         self.llava = llava if llava is not None else LlavaForConditionalGeneration(
             build_llava_config(config))
         hidden = config.llm.hidden_size
-        self.decoder = SAMDecoder(config.sam)
+        self.decoder = build_decoder(config)
         self.seg_head = SegHead(hidden, self.decoder.prompt_dim, config.seg_head)
-        self.mask_encoder = MaskEncoder(hidden) if config.mask_encoder.enabled else None
+        menc = config.mask_encoder
+        self.mask_encoder = (MaskEncoder(hidden, menc.token_dropout, menc.inference_scale)
+                             if menc.enabled else None)
         if config.trainable.llm == "lora":
             add_lora(self.language_model, config.lora)
         self.tokenizer = None  # attached by the constructors; saved with the weights
@@ -97,17 +99,17 @@ class SegLLMModel(nn.Module):
         return self.llava.lm_head.weight.device
 
     def components(self) -> dict[str, nn.Module]:
-        """Named components, for parameter reports."""
+        """Named components, for parameter reports; the decoder's trainable groups appear as
+        ``{decoder name}_{group}``."""
         parts = {
             "vision_tower": self.llava.model.vision_tower,
             "projector": self.llava.model.multi_modal_projector,
             "language_model": self.language_model,
             "lm_head": self.llava.lm_head,
             "seg_head": self.seg_head,
-            "sam_image_encoder": self.decoder.sam.image_encoder,
-            "sam_prompt_encoder": self.decoder.sam.prompt_encoder,
-            "sam_mask_decoder": self.decoder.sam.mask_decoder,
         }
+        for group, module in self.decoder.trainable_groups().items():
+            parts[f"{self.config.decoder}_{group}"] = module
         if self.mask_encoder is not None:
             parts["mask_encoder_box"] = self.mask_encoder
         return parts
@@ -133,12 +135,7 @@ class SegLLMModel(nn.Module):
         self.seg_head.requires_grad_(t.seg_head)
         if self.mask_encoder is not None:
             self.mask_encoder.requires_grad_(t.mask_encoder_box)
-        self.decoder.sam.image_encoder.requires_grad_(t.sam_image_encoder)
-        self.decoder.sam.prompt_encoder.requires_grad_(t.sam_prompt_encoder)
-        self.decoder.sam.mask_decoder.requires_grad_(t.sam_mask_decoder)
-        # No loss supervises SAM's predicted IoU, so its head would be "trainable" without ever
-        # receiving a gradient; keep it as loaded (its scores stay SAM's own estimate).
-        self.decoder.sam.mask_decoder.iou_prediction_head.requires_grad_(False)
+        self.decoder.apply_trainable(t.decoder)
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:
         """``{component: {"total": n, "trainable": n}}`` plus an ``"all"`` row."""
@@ -183,17 +180,7 @@ class SegLLMModel(nn.Module):
         if crop_slots.any() or box_slots.any() or (ref_boxes is not None and len(ref_boxes)):
             embeds = self._scatter_refs(embeds, crop_slots, box_slots, ref_pixel_values,
                                         ref_boxes, ref_rounds, round_ids, names)
-        elif self._trains(self.mask_encoder):
-            # No reference in this batch: still use the box head (times zero) at the point
-            # where real box tokens enter, so every process of a ZeRO-2 run produces the same
-            # gradients in the same backward order (otherwise gloo/NCCL reductions mismatch).
-            embeds = embeds + 0.0 * self.mask_encoder.box_proj(embeds.new_zeros(1, 4)).sum()
         return embeds
-
-    @staticmethod
-    def _trains(module: nn.Module | None) -> bool:
-        return (module is not None and torch.is_grad_enabled()
-                and any(p.requires_grad for p in module.parameters()))
 
     def _scatter_image(self, embeds, slots, pixel_values, names) -> torch.Tensor:
         per_sample = slots.sum(dim=1).tolist()
@@ -242,79 +229,81 @@ class SegLLMModel(nn.Module):
         predicts_seg = input_ids[:, 1:] == self.config.token_ids["seg"]
         return predicts_seg.nonzero(as_tuple=True)
 
-    def encode_images_for_decoder(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S', S'] -> SAM image features; compute once per image and keep them."""
-        dtype = next(self.decoder.sam.image_encoder.parameters()).dtype
-        return self.decoder.encode_image(sam_pixel_values.to(dtype))
+    def encode_images_for_decoder(self, decoder_pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S', S'] -> the decoder's image features; compute once per image and keep them."""
+        return self.decoder.encode_image(decoder_pixel_values)
 
     def decode_masks(self, hidden: torch.Tensor, image_features: torch.Tensor,
-                     input_size: tuple[int, int], original_size: tuple[int, int]):
-        """[S, H] [SEG] states of one image -> (mask logits [S, H, W], scores [S], prompts)."""
+                     input_size: tuple[int, int], original_size: tuple[int, int],
+                     ref_masks: torch.Tensor | None = None):
+        """[S, H] [SEG] states of one image -> (mask logits [S, MH, MW], scores [S], prompts).
+
+        ``ref_masks`` [S, MH, MW]: for mask-aware decoding, the union of the masks each [SEG]'s
+        question references (all zero where it references none); ignored otherwise.
+        """
         prompts = self.seg_head(hidden)
-        logits, scores = self.decoder.decode(image_features, prompts, input_size, original_size)
+        logits, scores = self.decoder.decode(image_features, prompts, input_size, original_size,
+                                             ref_masks=ref_masks)
         return logits, scores, prompts
 
-    def forward(self, batch: SegBatch, compute_loss: bool = True) -> SegLLMOutput:
-        """One teacher-forced pass over a batch of multi-round conversations."""
-        embeds = self.embed_inputs(batch.input_ids, batch.pixel_values, batch.ref_pixel_values,
-                                   batch.ref_boxes, batch.ref_rounds, batch.round_ids,
-                                   batch.sample_ids)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+    def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                decoder_pixel_values: torch.Tensor, decoder_input_sizes: list[tuple[int, int]],
+                original_sizes: list[tuple[int, int]], pixel_values: torch.Tensor | None = None,
+                ref_pixel_values: torch.Tensor | None = None,
+                ref_boxes: torch.Tensor | None = None,
+                ref_rounds: list[torch.Tensor] | None = None,
+                round_ids: torch.Tensor | None = None,
+                seg_ref_masks: list[torch.Tensor] | None = None,
+                sample_ids: list[str] | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> SegLLMOutput:
+        """One teacher-forced pass over a batch of (multi-round) conversations.
+
+        Args:
+            input_ids, attention_mask: [B, L] tokens (placeholders expanded) and their mask.
+            decoder_pixel_values: [B, ...] the mask decoder's preprocessed images.
+            decoder_input_sizes: per sample, the resized (h, w) inside the decoder's input.
+            original_sizes: per sample, (H, W); masks come back at this size.
+            pixel_values, ref_pixel_values, ref_boxes, ref_rounds, round_ids, sample_ids:
+                see :meth:`embed_inputs` (``round_ids`` also labels each mask with its round).
+            seg_ref_masks: per sample [n_i, H, W], for each [SEG] the union of the masks its
+                question references (mask-aware decoding; all zero where it references none).
+            inputs_embeds: [B, L, D] embeddings already built by :meth:`embed_inputs` (a
+                training objective may add to them); the image and reference inputs are then
+                not read again.
+
+        Returns:
+            logits, last hidden states, decoder image features, and per sample the mask
+            logits, scores and prompt embeddings of every [SEG] in sequence order.
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, ref_pixel_values,
+                                              ref_boxes, ref_rounds, round_ids, sample_ids)
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   use_cache=False)
         hidden = out.last_hidden_state
         logits = self.llava.lm_head(hidden)
-        rows, cols = self.seg_positions(batch.input_ids)
-        self._check_seg_counts(batch, rows, cols)
-        features = self.encode_images_for_decoder(batch.sam_pixel_values)
+        rows, cols = self.seg_positions(input_ids)
+        features = self.encode_images_for_decoder(decoder_pixel_values)
         mask_logits, scores, prompts, rounds = [], [], [], []
-        for i in range(batch.input_ids.shape[0]):
+        for i in range(input_ids.shape[0]):
             sel = rows == i
+            refs = seg_ref_masks[i] if seg_ref_masks is not None else None
+            if refs is not None and refs.shape[0] != int(sel.sum()):
+                name = sample_ids[i] if sample_ids else str(i)
+                raise ValueError(f"sample {name!r}: {int(sel.sum())} [SEG] token(s) but "
+                                 f"{refs.shape[0]} reference mask(s) for them")
             lg, sc, pr = self.decode_masks(hidden[i, cols[sel]], features[i:i + 1],
-                                           batch.sam_input_sizes[i], batch.original_sizes[i])
+                                           decoder_input_sizes[i], original_sizes[i],
+                                           ref_masks=refs)
             mask_logits.append(lg)
             scores.append(sc)
             prompts.append(pr)
-            rounds.append(batch.round_ids[i, cols[sel] + 1])
-        loss = ce = bce = dice = None
-        n_masks = sum(m.shape[0] for m in mask_logits)
-        if compute_loss:
-            w = self.config.loss
-            ce = language_model_loss(logits, batch.labels)
-            bce, dice, n_masks = mask_losses(mask_logits, [t.to(hidden.device)
-                                                           for t in batch.target_masks])
-            loss = w.ce_weight * ce + w.bce_weight * bce + w.dice_weight * dice
-            if n_masks == 0:
-                loss = loss + self._unused_mask_path(hidden, features, batch)
-        return SegLLMOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice,
-                            num_masks=n_masks, logits=logits, mask_logits=mask_logits,
-                            mask_scores=scores, mask_rounds=rounds, seg_embeddings=prompts)
-
-    def _unused_mask_path(self, hidden: torch.Tensor, features: torch.Tensor,
-                          batch: SegBatch) -> torch.Tensor:
-        """Zero times one decoded mask, for a batch without any [SEG]: the seg head and a
-        trainable decoder still get (zero) gradients, as ZeRO-2 needs on every process."""
-        if not (self._trains(self.seg_head) or self._trains(self.decoder)):
-            return hidden.new_zeros(())
-        logits, scores, _ = self.decode_masks(hidden[0, :1], features[:1],
-                                              batch.sam_input_sizes[0], batch.original_sizes[0])
-        return 0.0 * (logits.sum() + scores.sum()).float()
-
-    def _check_seg_counts(self, batch: SegBatch, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        """The number of [SEG] tokens must equal the number of target masks, round by round."""
-        for i, name in enumerate(batch.sample_ids):
-            n_rounds = int(batch.round_ids[i].max()) + 1
-            seg_rounds = batch.round_ids[i, cols[rows == i] + 1]
-            have = torch.bincount(seg_rounds, minlength=n_rounds).tolist()
-            want = torch.bincount(batch.target_rounds[i].to(seg_rounds.device),
-                                  minlength=n_rounds).tolist()
-            for r, (a, b) in enumerate(zip(have, want, strict=False)):
-                if a != b:
-                    raise ValueError(f"sample {name!r} round {r}: {a} [SEG] token(s) in the "
-                                     f"sequence but {b} target mask(s)")
-            if len(have) != len(want):
-                r = min(len(have), len(want))
-                raise ValueError(f"sample {name!r} round {r}: targets given for a round that is "
-                                 "not in the sequence")
+            if round_ids is not None:
+                rounds.append(round_ids[i, cols[sel] + 1])
+        return SegLLMOutput(logits=logits, hidden_states=hidden, image_features=features,
+                            mask_logits=mask_logits, mask_scores=scores,
+                            mask_rounds=rounds if round_ids is not None else None,
+                            seg_embeddings=prompts)
 
     # -- construction and weights ------------------------------------------------------------
 
@@ -332,13 +321,16 @@ class SegLLMModel(nn.Module):
         return model
 
     @classmethod
-    def from_components(cls, llava_dir: str | Path, sam_checkpoint: str | Path | None,
+    def from_components(cls, llava_dir: str | Path, decoder_checkpoint: str | Path | None,
                         preset: str = "segllm-7b", dtype: torch.dtype | None = None,
                         **overrides) -> SegLLMModel:
-        """Build from a llava-hf directory and an original SAM ``.pth``, both loaded strictly.
+        """Build from a llava-hf directory and the decoder's original checkpoint (e.g. a
+        segment-anything ``.pth``), both loaded strictly.
 
-        The preset gives what is not in the checkpoints (decoder sizes, LoRA, freezing); the
-        llava-hf config overrides the LLM and vision sizes.
+        The preset gives what is not in the checkpoints (LoRA, freezing, the decoder's sizes
+        where its checkpoint does not tell them); the llava-hf config overrides the LLM and
+        vision sizes, and the decoder's checkpoint its own sizes where it can tell them
+        (``MaskDecoder.config_for_checkpoint``: e.g. any official size of the decoder).
         """
         from transformers import AutoTokenizer
 
@@ -353,9 +345,10 @@ class SegLLMModel(nn.Module):
         if len(tokenizer) > llava.config.text_config.vocab_size:
             llava.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
         config.llm.vocab_size = llava.config.text_config.vocab_size
+        state = _read_decoder_checkpoint(config, decoder_checkpoint)
         model = cls(config, llava=llava)
-        if sam_checkpoint is not None:
-            model.decoder.load_sam_checkpoint(sam_checkpoint)
+        if state is not None:
+            model.decoder.load_checkpoint(state, source=str(decoder_checkpoint))
         if dtype is not None:
             model.to(dtype)
         model.tokenizer = tokenizer
@@ -410,12 +403,25 @@ class SegLLMModel(nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         """Recompute activations in backward for the LLM and the CLIP tower (transformers'
         checkpointing, non-reentrant so frozen inputs and LoRA-only training still get
-        gradients). SAM is left alone: it runs once per image and is frozen by default."""
+        gradients). The mask decoder is left alone: it runs once per image and its image
+        encoder is frozen by default."""
         kwargs = {"use_reentrant": False}
         if hasattr(self.llava, "activation_checkpointing_enable"):  # transformers >= 5.x name
             self.llava.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             self.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _read_decoder_checkpoint(config: SegLLMConfig, path: str | Path | None
+                             ) -> dict[str, torch.Tensor] | None:
+    """The decoder checkpoint's tensors (None without a path), with ``config.decoder_config``
+    set to the sizes they imply; read before the model is built, so it is built to fit."""
+    if path is None:
+        return None
+    cls = decoder_class(config.decoder)
+    state = cls.read_checkpoint(path)
+    config.decoder_config = cls.config_for_checkpoint(state, config.decoder_config)
+    return state
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -1,5 +1,8 @@
-"""End to end in headless Chromium: upload, two rounds, the overlays appear; a screenshot is saved
-to ``build/test-artifacts/demo_two_rounds.png``."""
+"""End to end in headless Chromium, on a tiny random model saved to disk and served the way
+``segllm serve`` without ``--model`` serves the shipped one (``$SEGLLM_MODEL`` points at it):
+upload and two typed rounds; an example scene and three rounds through the page's controls
+(a suggestion, a clicked round for ``<ref:0>``, a drawn box for ``<region>``). Screenshots go
+to ``build/test-artifacts/``."""
 
 from __future__ import annotations
 
@@ -30,11 +33,36 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(demo):
-    blocks = demo.build()
+def served_demo(tmp_path_factory):
+    """The demo on a saved tiny model, found with no --model given; answers always hold [SEG]."""
+    import torch
+
+    from segllm import cli
+    from segllm.commands.chat import load_pipeline
+    from segllm.config import SegLLMConfig
+    from segllm.demo.app import SegLLMDemo
+    from segllm.modeling.model import SegLLMModel
+    from tests.pipeline.helpers import forcing
+
+    torch.manual_seed(0)
+    folder = SegLLMModel.from_config(SegLLMConfig.from_name("tiny")).save_pretrained(
+        tmp_path_factory.mktemp("model") / "tiny")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGLLM_MODEL", str(folder))
+        pipeline = load_pipeline(cli.build_parser().parse_args(["serve"]))
+    return SegLLMDemo(pipeline, generation=forcing(pipeline, "Sure, [SEG]."),
+                      max_file_bytes=200_000, max_pixels=4_000_000,
+                      output_root=tmp_path_factory.mktemp("demo-out"))
+
+
+@pytest.fixture(scope="module")
+def server(served_demo):
+    from segllm.demo.app import CSS
+
+    blocks = served_demo.build()
     port = free_port()
     blocks.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                          quiet=True, max_file_size="1mb")
+                          quiet=True, max_file_size="1mb", css=CSS)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -66,10 +94,17 @@ def ask(page, question: str, status: str) -> None:
     playwright_api.expect(page.locator("#status")).to_contain_text(status, timeout=TIMEOUT_MS)
 
 
+def upload(page, path) -> None:
+    """Click the upload button and pick ``path`` in the file chooser it opens."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(path))
+
+
 def test_upload_two_rounds_and_the_overlays_appear(server, page, image_file, tmp_path):
     expect = playwright_api.expect
     page.goto(server)
-    page.locator("#upload input[type=file]").set_input_files(str(image_file))
+    upload(page, image_file)
     expect(page.locator("#status")).to_contain_text("Image loaded (64x48)", timeout=TIMEOUT_MS)
     ask(page, "Segment the red square.", "Round 0: 1 mask(s).")
     ask(page, "Segment the shape right of <ref:0>.", "Round 1: 1 mask(s).")
@@ -81,16 +116,81 @@ def test_upload_two_rounds_and_the_overlays_appear(server, page, image_file, tmp
         # a 64x48 image's overlay is enlarged 8x (a 384 px shorter side) so its labels stay small
         assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth") == 64 * 8
     expect(page.locator("#download")).to_contain_text(".zip", timeout=TIMEOUT_MS)
+    screenshot(page, "demo_two_rounds.png")
+
+
+def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "demo_two_rounds.png"
+    shot = ARTIFACTS / name
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def click_image_at(page, x: float, y: float) -> None:
+    """Click the shown image at a fraction (x, y) of its width and height."""
+    image = page.locator("#preview img")
+    box = image.bounding_box()
+    image.click(position={"x": box["width"] * x, "y": box["height"] * y})
+
+
+def send(page, status: str) -> None:
+    page.locator("#send").click()
+    playwright_api.expect(page.locator("#status")).to_contain_text(status, timeout=TIMEOUT_MS)
+
+
+def test_three_rounds_with_a_scene_a_clicked_round_and_a_drawn_box(server, page, served_demo):
+    expect = playwright_api.expect
+    scene = served_demo.scenes[0]
+    questions = [rnd["question"] for rnd in scene["rounds"]]
+    question = page.locator("#question textarea")
+    page.goto(server)
+    page.locator("#scenes button").nth(0).click()  # the first example scene
+    expect(page.locator("#status")).to_contain_text("Scene 0 loaded (64x64)", timeout=TIMEOUT_MS)
+    expect(page.locator("#preview img")).to_have_js_property("naturalWidth", 512)
+    # round 0: a suggested question, clicked
+    suggestion = page.locator("#suggestions button").first
+    expect(suggestion).to_have_text(questions[0], timeout=TIMEOUT_MS)
+    suggestion.click()
+    expect(question).to_have_value(questions[0], timeout=TIMEOUT_MS)
+    send(page, "Round 0: 1 mask(s). IoU against the scene's ground truth:")
+    expect(page.locator("#suggestions button").first).to_have_text(questions[1])
+    # round 1: round 0's overlay clicked puts <ref:0> at the cursor
+    question.fill("Segment the shape closest to the left of")
+    page.locator("#overlays button.thumbnail-item").first.click()
+    expect(question).to_have_value("Segment the shape closest to the left of <ref:0>",
+                                   timeout=TIMEOUT_MS)
+    send(page, "Round 1: 1 mask(s).")
+    # round 2: a box drawn with two clicks, inserted as <region> where the cursor is
+    click_image_at(page, 0.7, 0.38)  # around the middle square
+    expect(page.locator("#status")).to_contain_text("click the opposite corner",
+                                                    timeout=TIMEOUT_MS)
+    click_image_at(page, 0.99, 0.65)
+    expect(page.locator("#status")).to_contain_text("drawn", timeout=TIMEOUT_MS)
+    question.fill("Segment the shape inside.")
+    question.evaluate("box => box.setSelectionRange(24, 24)")  # before the full stop
+    page.locator("#insert-region").click()
+    expect(question).to_have_value("Segment the shape inside <region>.", timeout=TIMEOUT_MS)
+    send(page, "Round 2: 1 mask(s).")
+    # every round's question and answer, and its overlay
+    chat = page.locator("#chat")
+    for text in (f"[0] {questions[0]}", "[1] Segment the shape closest to the left of <ref:0>",
+                 "[2] Segment the shape inside <region>.", "Sure, [SEG]."):
+        expect(chat).to_contain_text(text)
+    overlays = page.locator("#overlays img")
+    expect(overlays).to_have_count(3, timeout=TIMEOUT_MS)
+    for i in range(3):
+        expect(page.locator("#overlays")).to_contain_text(f"round {i}: Sure, [SEG].")
+        assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth") == 64 * 6
+    history = served_demo._chats[next(reversed(served_demo._chats))].session.history
+    assert [r.question for r in history][1:] == [
+        "Segment the shape closest to the left of <ref:0>", "Segment the shape inside <region>."]
+    screenshot(page, "demo_three_rounds.png")
 
 
 def test_a_non_image_upload_shows_a_message(server, page, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("this is not an image")
     page.goto(server)
-    page.locator("#upload input[type=file]").set_input_files(str(fake))
+    upload(page, fake)
     playwright_api.expect(page.locator("#status")).to_contain_text(
         "notes.png is not an image PIL can read", timeout=TIMEOUT_MS)

@@ -1,4 +1,4 @@
-"""Helpers for the eval tests: masks, records in DESIGN.md formats, and a deterministic fake predictor."""
+"""Helpers for the eval tests: masks, records in the formats of docs/architecture.md, and a deterministic fake predictor."""
 
 from __future__ import annotations
 
@@ -119,3 +119,43 @@ def reference_cocoeval_stats(dataset: dict, results: list[dict]) -> list[float]:
         ev.accumulate()
         ev.summarize()
     return [float(v) for v in ev.stats]
+
+
+# A two-conversation MRSeg set on 48x64 images, scored by the runner and adapter tests.
+H, W = 48, 64
+T0 = rect(H, W, 8, 24, 8, 24)  # 256 px
+T1 = rect(H, W, 8, 24, 32, 48)  # T0 moved 24 columns right
+S1, S2 = rect(H, W, 30, 40, 0, 10), rect(H, W, 30, 38, 50, 58)
+
+MRSEG_SCRIPT = {
+    "Segment the box.": ("masks", [rect(H, W, 8, 24, 12, 28)]),  # IoU with T0: 192/320 = 0.6
+    "Segment the box right of <ref:0>.": ("shift", 0, 24),  # round 0's masks moved 24 columns right
+    "Is there a giraffe?": ("masks", []),
+    "Segment both squares.": ("masks", [S1, S2]),
+}
+
+
+def write_mrseg_set(folder: Path) -> tuple[Path, Path]:
+    """The set's JSONL and image root under ``folder``: (``mrseg.jsonl``, ``images/``)."""
+    records = [
+        mrseg_record("conv-a", H, W, [
+            {"q": "Segment the box.", "targets": [T0], "type": "referring"},
+            {"q": "Segment the box right of <ref:0>.", "targets": [T1], "refs": [0], "type": "positional"},
+            {"q": "Is there a giraffe?", "targets": [], "type": "reasoning"},
+        ]),
+        mrseg_record("conv-b", H, W, [{"q": "Segment both squares.", "targets": [S1, S2], "type": "semantic"}]),
+    ]
+    for i, r in enumerate(records):
+        write_image(folder / "images" / r["image"], H, W, seed=i)
+    return write_jsonl(folder / "mrseg.jsonl", records), folder / "images"
+
+
+def eval_args(argv: list[str]):
+    """``segllm eval`` arguments parsed as the command line would."""
+    import argparse
+
+    from segllm.eval import cli as eval_cli
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    return parser.parse_args(argv)

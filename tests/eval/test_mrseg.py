@@ -49,6 +49,16 @@ def test_no_target_round():
     assert (wrong["giou"], wrong["ciou"], wrong["miou"]) == (0.0, 0.0, 0.0)
 
 
+def test_no_target_rounds_answered_without_a_mask_are_counted():
+    gt = [mrseg_record("r", H, W, [{"q": "a", "targets": [A]}, {"q": "b", "targets": []},
+                                   {"q": "c", "targets": []}, {"q": "d", "targets": []}])]
+    _, result = evaluate(gt, [round_prediction("r", [[A], [], [B], []])])
+    assert result["no_target"] == {"rounds": 3, "without_mask": 2, "rate": pytest.approx(2 / 3)}
+    _, none = evaluate([mrseg_record("s", H, W, [{"q": "a", "targets": [A]}])],
+                       [round_prediction("s", [[A]])])
+    assert none["no_target"]["rounds"] == 0 and math.isnan(none["no_target"]["rate"])
+
+
 def test_duplicate_predictions_count_against():
     # The second copy pairs with an empty target: IoU 0, and its 100 px join the union.
     o = one_round([A], [A, A])

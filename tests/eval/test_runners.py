@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -17,40 +14,18 @@ from segllm.eval.errors import EvalInputError
 from segllm.eval.runners import run_gcg, run_round_task
 from segllm.eval.text_similarity import MINILM_NAME, FunctionSimilarity
 
-from .helpers import FakePredictor, mrseg_record, rect, rle, write_image, write_jsonl
-
-H, W = 48, 64
-T0 = rect(H, W, 8, 24, 8, 24)  # 256 px
-T1 = rect(H, W, 8, 24, 32, 48)  # T0 moved 24 columns right
-S1, S2 = rect(H, W, 30, 40, 0, 10), rect(H, W, 30, 38, 50, 58)
-
-MRSEG_SCRIPT = {
-    "Segment the box.": ("masks", [rect(H, W, 8, 24, 12, 28)]),  # IoU with T0: 192/320 = 0.6
-    "Segment the box right of <ref:0>.": ("shift", 0, 24),  # round 0's masks moved 24 columns right
-    "Is there a giraffe?": ("masks", []),
-    "Segment both squares.": ("masks", [S1, S2]),
-}
-
-
-@pytest.fixture()
-def mrseg_set(tmp_path):
-    records = [
-        mrseg_record("conv-a", H, W, [
-            {"q": "Segment the box.", "targets": [T0], "type": "referring"},
-            {"q": "Segment the box right of <ref:0>.", "targets": [T1], "refs": [0], "type": "positional"},
-            {"q": "Is there a giraffe?", "targets": [], "type": "reasoning"},
-        ]),
-        mrseg_record("conv-b", H, W, [{"q": "Segment both squares.", "targets": [S1, S2], "type": "semantic"}]),
-    ]
-    for i, r in enumerate(records):
-        write_image(tmp_path / "images" / r["image"], H, W, seed=i)
-    return write_jsonl(tmp_path / "mrseg.jsonl", records), tmp_path / "images"
-
-
-def eval_args(argv):
-    parser = argparse.ArgumentParser()
-    eval_cli.add_arguments(parser)
-    return parser.parse_args(argv)
+from .helpers import (
+    MRSEG_SCRIPT,
+    T0,
+    FakePredictor,
+    H,
+    W,
+    eval_args,
+    rect,
+    rle,
+    write_image,
+    write_jsonl,
+)
 
 
 def test_mrseg_runner_both_modes(mrseg_set, tmp_path):
@@ -106,48 +81,6 @@ def test_mrseg_runner_both_modes(mrseg_set, tmp_path):
     assert rc == 0
     assert json.loads((rescored / "metrics.json").read_text())["modes"] == saved["modes"]
     assert not (rescored / "predictions-own.jsonl").exists()
-
-
-def test_cli_model_path_through_pipeline_adapter(mrseg_set, tmp_path, monkeypatch, capsys):
-    data, images = mrseg_set
-    fake_module = types.ModuleType("segllm.pipeline")
-
-    class SegLLMPipeline:
-        @classmethod
-        def from_pretrained(cls, path, device="cpu"):
-            assert (path, device) == ("some/model", "cpu")
-            return FakePredictor(MRSEG_SCRIPT)
-
-    fake_module.SegLLMPipeline = SegLLMPipeline
-    monkeypatch.setitem(sys.modules, "segllm.pipeline", fake_module)
-    out = tmp_path / "out"
-    rc = eval_cli.run(eval_args(["refer", "--model", "some/model", "--images", str(images), "--data", str(data),
-                                 "--output", str(out), "--no-progress"]))
-    assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["modes"]) == ["own"]  # single-round tasks default to own mode
-    assert metrics["modes"]["own"]["overall"]["ciou"] == pytest.approx(548 / 804)
-    assert metrics["source"] == {"model": "some/model"}
-    assert "| own masks fed back | 68.2 |" in capsys.readouterr().out
-
-
-def test_pipeline_without_ref_masks_fails_clearly_in_gt_mode(mrseg_set, tmp_path, monkeypatch):
-    from segllm.eval.predictor import PipelinePredictor, SimpleReply
-
-    data, images = mrseg_set
-
-    class PlainSession:
-        def ask(self, text):
-            return SimpleReply(text="[SEG]", masks=[T0], scores=[1.0])
-
-    pipeline_module = types.ModuleType("segllm.pipeline")
-    pipeline_module.SegLLMPipeline = type("P", (), {"from_pretrained": classmethod(
-        lambda cls, path, device="cpu": type("Pipe", (), {"start": lambda self, image: PlainSession()})())})
-    monkeypatch.setitem(sys.modules, "segllm.pipeline", pipeline_module)
-    predictor = PipelinePredictor("m")
-    with pytest.raises(NotImplementedError, match="ref_masks"):
-        run_round_task("mrseg", data, tmp_path / "out", predictor=predictor, images=images, progress=False)
-    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def assert_nothing_written(folder):

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from segllm.batching import build_batch
+from segllm.train.objective import compute_objective
 from tests.conftest import make_conversation
 
 
 def test_forward_backward_two_three_round_conversations(tiny_model, tiny_batch):
-    out = tiny_model(tiny_batch)
+    out = compute_objective(tiny_model, tiny_batch)
     assert torch.isfinite(out.loss) and out.loss.item() > 0
     w = tiny_model.config.loss
     expected = w.ce_weight * out.ce_loss + w.bce_weight * out.bce_loss + w.dice_weight * out.dice_loss
@@ -56,13 +57,13 @@ def test_hidden_state_at_the_predicting_position_drives_the_mask(tiny_model, tin
     masks do depend on the question text before them."""
     tiny_model.eval()
     with torch.no_grad():
-        base = tiny_model(tiny_batch, compute_loss=False).mask_logits[0]
+        base = tiny_model(**tiny_batch.model_inputs()).mask_logits[0]
         changed = dataclasses.replace(tiny_batch, input_ids=tiny_batch.input_ids.clone())
         last = int(tiny_batch.attention_mask[0].sum()) - 1  # the final </s>
         changed.input_ids[0, last] = 5
-        assert torch.equal(tiny_model(changed, compute_loss=False).mask_logits[0], base)
+        assert torch.equal(tiny_model(**changed.model_inputs()).mask_logits[0], base)
         changed.input_ids[0, 3] = 7  # a system-prompt token, before every [SEG]
-        assert not torch.allclose(tiny_model(changed, compute_loss=False).mask_logits[0], base)
+        assert not torch.allclose(tiny_model(**changed.model_inputs()).mask_logits[0], base)
 
 
 def test_seg_count_mismatch_names_sample_and_round(tiny_model, tiny_batch):
@@ -70,7 +71,7 @@ def test_seg_count_mismatch_names_sample_and_round(tiny_model, tiny_batch):
     bad.target_rounds[1] = torch.tensor([0, 1, 1, 2])  # round 1 claims 2 targets, round 2 one
     with pytest.raises(ValueError, match=r"sample 'conv-b' round 1: 1 \[SEG\] token\(s\) in the "
                                          r"sequence but 2 target mask\(s\)"):
-        tiny_model(bad)
+        compute_objective(tiny_model, bad)
 
 
 def test_image_token_feature_mismatch_names_sample_and_round(tiny_model, tiny_batch):
@@ -81,7 +82,7 @@ def test_image_token_feature_mismatch_names_sample_and_round(tiny_model, tiny_ba
     bad = dataclasses.replace(tiny_batch, input_ids=ids)
     with pytest.raises(ValueError, match=r"sample 'conv-b' round 0: 15 image tokens in the "
                                          r"sequence but the vision tower gives 16 features"):
-        tiny_model(bad)
+        compute_objective(tiny_model, bad)
 
 
 def test_reference_to_missing_round_names_sample_and_round(tiny_model):
@@ -98,7 +99,7 @@ def test_reference_mask_count_mismatch_names_sample_and_round(tiny_model, tiny_b
     bad.ref_rounds[0] = bad.ref_rounds[0][:-1]
     with pytest.raises(ValueError, match=r"sample 'conv-a' round 1: 3 mask-crop and 3 mask-box "
                                          r"slots but 2 referenced mask"):
-        tiny_model(bad)
+        compute_objective(tiny_model, bad)
 
 
 def test_refs_field_must_match_the_question(tiny_model):
@@ -124,7 +125,7 @@ def test_no_target_round_and_lisa_style_model_without_mask_encoder(tiny_tokenize
 
     torch.manual_seed(0)
     cfg = SegLLMConfig.from_name("tiny", mask_encoder={"enabled": False},
-                                 trainable={"llm": "full", "sam_mask_decoder": True})
+                                 trainable={"llm": "full", "decoder": {"mask_decoder": True}})
     model = SegLLMModel.from_config(cfg, tokenizer=tiny_tokenizer)
     assert model.mask_encoder is None
     record, image = make_conversation("plain")
@@ -132,7 +133,7 @@ def test_no_target_round_and_lisa_style_model_without_mask_encoder(tiny_tokenize
                         {"question": "Segment the purple star.", "answer": "There is none.",
                          "targets": [], "refs": [], "type": "referring"}]
     batch = build_batch([(record, image)], tiny_tokenizer, cfg)
-    out = model(batch)
+    out = compute_objective(model, batch)
     out.loss.backward()
     assert out.num_masks == 1 and [len(r) for r in out.masks_by_round(0, 2)] == [1, 0]
     assert model.decoder.sam.mask_decoder.output_upscaling[0].weight.grad is not None
@@ -141,7 +142,7 @@ def test_no_target_round_and_lisa_style_model_without_mask_encoder(tiny_tokenize
     # a reference needs the mask encoder
     record2, image2 = make_conversation("needs-encoder")
     with pytest.raises(ValueError, match="no mask encoder"):
-        model(build_batch([(record2, image2)], tiny_tokenizer, cfg))
+        compute_objective(model, build_batch([(record2, image2)], tiny_tokenizer, cfg))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -152,7 +153,7 @@ def test_half_precision_forward_including_sam(tiny_model, tiny_batch, dtype):
     pe = tiny_model.decoder.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
     assert pe.dtype == torch.float32
     assert tiny_model.decoder.sam.mask_decoder.iou_token.weight.dtype == dtype
-    out = tiny_model(tiny_batch.to("cpu", dtype))
+    out = compute_objective(tiny_model, tiny_batch.to("cpu", dtype))
     assert torch.isfinite(out.loss)
     assert out.mask_logits[0].dtype == dtype and out.mask_logits[0].shape == (4, 48, 64)
     out.loss.backward()
@@ -165,7 +166,7 @@ def test_every_trainable_part_gets_a_gradient_without_refs_or_seg(tiny_model, ti
     record["rounds"] = [{"question": "Describe the image.", "answer": "Three boxes.",
                          "targets": [], "refs": [], "type": "referring"}]
     batch = build_batch([(record, image)], tiny_tokenizer, tiny_model.config)
-    out = tiny_model(batch)
+    out = compute_objective(tiny_model, batch)
     assert out.num_masks == 0
     out.loss.backward()
     for name, p in tiny_model.named_parameters():
@@ -173,4 +174,4 @@ def test_every_trainable_part_gets_a_gradient_without_refs_or_seg(tiny_model, ti
     assert tiny_model.mask_encoder.box_proj.weight.grad.abs().sum() == 0
     assert tiny_model.seg_head.mlp[0].weight.grad.abs().sum() == 0
     with torch.no_grad():  # and nothing extra runs when no gradient is wanted
-        assert tiny_model(batch).loss == out.loss
+        assert compute_objective(tiny_model, batch).loss == out.loss

@@ -34,11 +34,16 @@ def test_segllm_7b_counts(counts):
     assert sam_total(rows) == 641_090_608  # SAM ViT-H
     assert rows["seg_head"]["total"] == 4096 * 4096 + 4096 + 4096 * 256 + 256
     assert rows["mask_encoder_box"]["total"] == 4 * 4096 + 4096
-    # design card: CLIP and SAM frozen; LLM (full), projector, box head, seg head trained
+    # mask-aware decoding: the reference-mask convolutions (SAM's mask_downscaling layout,
+    # 1 -> 4 -> 16 -> 256 channels, two LayerNorm2d)
+    ref = (4 * 4 + 4) + 2 * 4 + (16 * 4 * 4 + 16) + 2 * 16 + (16 * 256 + 256)
+    assert rows["sam_reference_encoder"]["total"] == ref == 4_684
+    # design card: CLIP and SAM frozen; LLM (full), projector, box head, seg head and the
+    # reference-mask input trained
     expected = (rows["language_model"]["total"] + rows["lm_head"]["total"]
                 + rows["projector"]["total"] + rows["seg_head"]["total"]
-                + rows["mask_encoder_box"]["total"])
-    assert rows["all"]["trainable"] == expected == 6_777_770_240
+                + rows["mask_encoder_box"]["total"] + rows["sam_reference_encoder"]["total"])
+    assert rows["all"]["trainable"] == expected == 6_777_770_240 + 4_684
     assert rows["vision_tower"]["trainable"] == 0 and rows["sam_mask_decoder"]["trainable"] == 0
 
 

@@ -11,13 +11,14 @@ from segllm.modeling.llava import build_llava_config
 from segllm.modeling.loading import CheckpointError
 from segllm.modeling.model import SegLLMModel
 from segllm.tokenizer import build_tiny_tokenizer
+from segllm.train.objective import compute_objective
 from tests.conftest import make_conversation
 
 
 def outputs(model, batch):
     model.eval()
     with torch.no_grad():
-        out = model(batch)
+        out = compute_objective(model, batch)
     return out
 
 
@@ -71,7 +72,7 @@ def component_files(tmp_path):
     llava = LlavaForConditionalGeneration(build_llava_config(cfg))
     llava.save_pretrained(tmp_path / "llava-hf")
     tok.save_pretrained(tmp_path / "llava-hf")
-    sam = build_sam(cfg.sam)
+    sam = build_sam(cfg.decoder_config)
     torch.save(sam.state_dict(), tmp_path / "sam_tiny.pth")
     return tmp_path / "llava-hf", tmp_path / "sam_tiny.pth", llava, sam
 
@@ -88,7 +89,7 @@ def test_components_load_through_the_real_checkpoint_path(component_files):
     tok = model.tokenizer
     assert model.config.token_ids["seg"] == tok.convert_tokens_to_ids("[SEG]")
     assert model.config.token_ids["image"] == llava.config.image_token_index
-    out = model(build_batch([make_conversation("c")], tok, model.config))
+    out = compute_objective(model, build_batch([make_conversation("c")], tok, model.config))
     assert torch.isfinite(out.loss)
     tok2 = AutoTokenizer.from_pretrained(llava_dir)
     assert "[SEG]" not in tok2.get_vocab()  # the source directory was not modified

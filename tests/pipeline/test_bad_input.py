@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segllm.pipeline import ImageError, ImageLimits, InputError, load_image
+from segllm.images import ImageError, ImageLimits, InputError
+from segllm.images import load_image as load_any_image
 from tests.pipeline.helpers import forcing
+
+
+def load_image(source, limits: ImageLimits | None = None):
+    """A user's image, as chat and the demo load it (EXIF orientation applied)."""
+    return load_any_image(source, orientation="exif", limits=limits or ImageLimits())
 
 
 @pytest.fixture()

@@ -42,9 +42,9 @@ def test_masks_come_from_the_states_that_predict_seg(pipeline, image):
         hidden = model.language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
         rows, cols = model.seg_positions(ids)
         assert (ids[0, cols + 1] == pipeline.token_ids["seg"]).all() and len(cols) == 2
-        features = model.encode_images_for_decoder(session._sam_pixels[None])
+        features = model.encode_images_for_decoder(session._decoder_pixels[None])
         logits, scores, _ = model.decode_masks(hidden[0, cols], features,
-                                               session._sam_input_size, (48, 64))
+                                               session._decoder_input_size, (48, 64))
     for mine, theirs in zip(reply.masks, logits > 0, strict=True):
         assert np.array_equal(mine, theirs.numpy())
     assert np.allclose(reply.scores, scores.numpy(), atol=1e-5)
@@ -56,7 +56,7 @@ def test_teacher_forced_session_matches_the_training_forward(pipeline):
     record, image = make_conversation("conv-a", seed=1)
     batch = build_batch([(record, image)], pipeline.tokenizer, pipeline.config)
     with torch.no_grad():
-        expected = pipeline.model(batch, compute_loss=False)
+        expected = pipeline.model(**batch.model_inputs())
     session = pipeline.start(image)
     masks, scores = [], []
     for rnd in record["rounds"]:

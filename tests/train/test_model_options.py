@@ -11,11 +11,12 @@ from segllm.modeling.lora import has_lora, merge_lora
 from segllm.quantization import dequantize_linear_layers
 from segllm.train.args import ModelArgs
 from segllm.train.model_setup import build_model
+from segllm.train.objective import compute_objective
 
 
 def _grads(model, batch):
     model.zero_grad()
-    model(batch).loss.backward()
+    compute_objective(model, batch).loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -46,12 +47,12 @@ def test_qlora_quantises_the_base_and_trains_only_adapters(tiny_batch):
                    and "embed_tokens" not in k for k in grads)
     # export path: dequantise, then merge; outputs stay within 4-bit-free float error
     with torch.no_grad():
-        before = model(tiny_batch).logits
+        before = model(**tiny_batch.model_inputs()).logits
     assert dequantize_linear_layers(lm) == 14 and has_lora(lm)
     with torch.no_grad():
-        dequantised = model(tiny_batch).logits
+        dequantised = model(**tiny_batch.model_inputs()).logits
     torch.testing.assert_close(dequantised, before, rtol=2e-2, atol=2e-2)  # bf16 compute before
     merge_lora(lm)
     assert not has_lora(lm)
     with torch.no_grad():
-        torch.testing.assert_close(model(tiny_batch).logits, dequantised, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(**tiny_batch.model_inputs()).logits, dequantised, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ import torch
 from segllm.modeling.model import SegLLMModel
 from segllm.train.args import load_train_config
 from segllm.train.checkpoint import list_checkpoints, read_trainer_state
+from segllm.train.objective import compute_objective
 from segllm.train.tracking import read_metrics
 from segllm.train.trainer import train
 
@@ -103,8 +104,8 @@ def test_merged_export_loads_and_matches_the_adapter_model(trained_run, syntheti
     samples = [_encode(source, i, adapter) for i in range(2)]
     batch = collate(samples, adapter.config.token_ids["pad"])
     with torch.no_grad():
-        want = adapter(batch)
-        got = exported.eval()(batch)
+        want = compute_objective(adapter, batch)
+        got = compute_objective(exported.eval(), batch)
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-4, atol=1e-4)
     for g, w in zip(got.mask_logits, want.mask_logits, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

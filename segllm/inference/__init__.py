@@ -1,0 +1,1 @@
+"""Inference, split by job; ``segllm.pipeline`` is the public entry point."""

@@ -1,0 +1,151 @@
+"""``SegLLMPipeline``: a loaded model and its decoding settings; ``start(image)`` opens a chat
+session, ``ask_batch`` runs one round of several sessions together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..dtypes import parse_dtype
+from ..images import ImageLimits, InputError, Orientation, load_image
+from .engine import Engine, Job, Outcome
+from .generation import GenerationConfig
+from .session import ChatSession, Reply
+
+
+class SegLLMPipeline:
+    """A loaded model plus decoding settings; ``start(image)`` opens a chat session.
+
+    Args:
+        model: a ``SegLLMModel`` with its tokenizer attached.
+        generation: default decoding settings (a session's ``ask`` may override them).
+        limits: what images ``start`` accepts.
+        reuse_cache: keep the KV cache and the decoder features between rounds (default). False
+            recomputes the whole history, image features included, every round: the baseline.
+    """
+
+    def __init__(self, model, generation: GenerationConfig | None = None,
+                 limits: ImageLimits | None = None, reuse_cache: bool = True):
+        if model.tokenizer is None:
+            raise ValueError("the model has no tokenizer attached; load it with "
+                             "SegLLMModel.from_pretrained or pass tokenizer= to from_config")
+        self.model = _decoder_in_float32(model.eval())
+        self.tokenizer = model.tokenizer
+        self.config = model.config
+        self.token_ids = dict(model.config.token_ids)
+        self.generation = generation or GenerationConfig()
+        self.limits = limits or ImageLimits()
+        self.reuse_cache = reuse_cache
+        self.max_length = min(model.config.max_length, model.config.llm.max_position_embeddings)
+        self.engine = Engine(self.model, self.tokenizer, self.token_ids)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype | None = None,
+                        load_in_4bit: bool = False, load_in_8bit: bool = False,
+                        device: str | torch.device = "cpu", **kwargs) -> SegLLMPipeline:
+        """Load what ``SegLLMModel.save_pretrained`` wrote.
+
+        ``dtype``: bf16 / fp16 / fp32 for the whole model (the compute dtype of the quantized
+        layers too). ``load_in_4bit`` (NF4) / ``load_in_8bit`` quantize the LLM's linear layers
+        through bitsandbytes; the vision tower, projector, lm_head, seg head and mask decoder
+        stay in ``dtype``. ``kwargs`` go to the constructor.
+        """
+        from ..modeling.model import SegLLMModel
+
+        if load_in_4bit and load_in_8bit:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit")
+        torch_dtype = parse_dtype(dtype)
+        model = SegLLMModel.from_pretrained(path, dtype=torch_dtype, device=device)
+        if load_in_4bit or load_in_8bit:
+            from ..quantization import quantize_language_model
+
+            quantize_language_model(model, bits=4 if load_in_4bit else 8,
+                                    compute_dtype=torch_dtype or torch.float32)
+        return cls(model, **kwargs)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def start(self, image, reuse_cache: bool | None = None,
+              generation: GenerationConfig | None = None, *,
+              orientation: Orientation = "exif") -> ChatSession:
+        """Open a session on ``image`` (anything ``segllm.images.load_image`` takes); the mask
+        decoder's image features are computed here.
+
+        ``orientation``: ``"exif"`` (default) for a user's photo, shown and answered as EXIF
+        says; ``"stored"`` for a data-set image, whose annotations are on the stored pixels
+        (what evaluation passes). Masks come back in that orientation.
+        """
+        pil = load_image(image, orientation=orientation, limits=self.limits)
+        return ChatSession(self, pil, self.reuse_cache if reuse_cache is None else reuse_cache,
+                           generation or self.generation)
+
+    def ask_batch(self, requests: Sequence[tuple[ChatSession, str]],
+                  generation: GenerationConfig | None = None,
+                  ref_masks: Sequence[Mapping[int, Sequence[np.ndarray]] | None] | None = None,
+                  regions: Sequence[Sequence[np.ndarray] | None] | None = None) -> list[Reply]:
+        """One round for several sessions in one batched run (prefill and decode together).
+
+        Every request is validated first: if one is refused, ``InputError`` names it and no
+        session changes. Results match asking each session alone (up to float rounding).
+        ``ref_masks`` and ``regions`` hold one entry per request (see ``ChatSession.ask``).
+        """
+        sessions = [s for s, _ in requests]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise InputError("a session may appear only once in a batch")
+        for s in sessions:
+            if s.pipeline is not self:
+                raise InputError("every session of a batch must come from this pipeline")
+        refs = list(ref_masks) if ref_masks is not None else [None] * len(requests)
+        areas = list(regions) if regions is not None else [None] * len(requests)
+        jobs = []
+        for i, ((session, text), ref, area) in enumerate(zip(requests, refs, areas, strict=True)):
+            try:
+                jobs.append(session.prepare(text, ref_masks=ref, answer=None,
+                                            generation=generation or session.generation,
+                                             regions=area))
+            except InputError as err:
+                raise type(err)(f"request {i}: {err}") from err
+        outcomes = self.run_jobs(jobs)
+        return [job.session.commit(job, out) for job, out in zip(jobs, outcomes, strict=True)]
+
+    def answer_token_ids(self, answer: str) -> list[int]:
+        """An answer as the template encodes it: `` {answer}`` then ``</s>``."""
+        ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        return list(ids) + [self.token_ids["eos"]]
+
+    def run_jobs(self, jobs: list[Job]) -> list[Outcome]:
+        """Run prepared jobs (``ChatSession.prepare``) through the engine, together."""
+        return self.engine.run(jobs)
+
+    # -- masks ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode_masks(self, states: list[torch.Tensor], *, features: torch.Tensor,
+                     input_size: tuple[int, int], original_size: tuple[int, int],
+                     ref_mask: np.ndarray | None = None) -> tuple[list[np.ndarray], list[float]]:
+        """Binary masks and scores for a round's [SEG] states; ``ref_mask`` [H, W] is the union
+        of the masks the question references (every [SEG] of the round shares it)."""
+        if not states:
+            return [], []
+        refs = None
+        if ref_mask is not None:
+            refs = torch.from_numpy(ref_mask).to(features.device).float()[None].expand(
+                len(states), -1, -1)
+        logits, scores, _ = self.model.decode_masks(torch.stack(states), features, input_size,
+                                                    original_size, ref_masks=refs)
+        binary = (logits.float() > self.model.decoder.mask_threshold).cpu().numpy()
+        return [m for m in binary], [float(s) for s in scores.float().cpu()]
+
+
+def _decoder_in_float32(model):
+    """Keep the mask decoder in float32 when the rest is bf16 / fp16, where it asks for that
+    (``MaskDecoder.keep_float32``: mask logits near the threshold are the part most sensitive
+    to rounding). The decoder casts prompts to its image features' dtype.
+    """
+    decoder = model.decoder
+    if decoder.keep_float32 and any(p.dtype != torch.float32 for p in decoder.parameters()):
+        decoder.float()
+    return model

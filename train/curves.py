@@ -1,0 +1,92 @@
+"""Training curves from a run's ``metrics.jsonl``: losses and per-round validation cIoU.
+
+    python -m segllm.train.curves runs/segllm-shapes --output curves.png
+
+The left panel shows the total, language (CE) and mask (weighted BCE + Dice) losses against
+optimizer steps, smoothed by a running mean; the right one the teacher-forced validation cIoU
+of every round index (ground-truth references) and of all rounds together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .tracking import METRICS_NAME, read_metrics
+
+ROUND_KEY = re.compile(r"^val/ciou_round_(\d+)$")
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at each point (shorter at the start)."""
+    if len(values) == 0:
+        return values
+    cumulative = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def curves_png(metrics: list[dict], title: str = "", smooth: int = 20) -> bytes:
+    """The two-panel figure as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [m for m in metrics if "loss" in m]
+    val = [m for m in metrics if "val/ciou" in m]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = np.array([m["step"] for m in train])
+    for key, label in (("loss", "total"), ("ce_loss", "language (CE)"), ("mask_loss", "mask")):
+        values = np.array([m.get(key, np.nan) for m in train], dtype=np.float64)
+        if len(values):
+            left.plot(steps, running_mean(values, smooth), label=label)
+    left.set_yscale("log")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel(f"loss (running mean of {smooth} logged values)")
+    left.legend()
+    left.grid(alpha=0.3)
+    rounds = sorted({int(g.group(1)) for m in val for k in m if (g := ROUND_KEY.match(k))})
+    val_steps = [m["step"] for m in val]
+    for r in rounds:
+        right.plot(val_steps, [m.get(f"val/ciou_round_{r}", np.nan) for m in val],
+                   label=f"round {r}", alpha=0.8)
+    if val:
+        right.plot(val_steps, [m["val/ciou"] for m in val], "k-", linewidth=2.5, label="all rounds")
+    right.set_ylim(0, 1)
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("validation cIoU (ground-truth references)")
+    right.legend(fontsize=8, ncol=2)
+    right.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="training output folder (holds metrics.jsonl)")
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--smooth", type=int, default=20)
+    args = parser.parse_args(argv)
+    metrics = read_metrics(Path(args.run) / METRICS_NAME)
+    if not metrics:
+        parser.error(f"{args.run}: no {METRICS_NAME} lines")
+    from segllm.eval.report import write_bytes_atomic
+
+    write_bytes_atomic(Path(args.output), curves_png(metrics, args.title, args.smooth))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
