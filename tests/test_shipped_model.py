@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from segllm.masks import decode_rle
+from segllm.masks import decode_rle, mask_iou
 from segllm.shipped import SCENES_DIR, shipped_model_dir
 
 # per scene: the floor for the mean IoU over its rounds with targets, and how many of its
@@ -27,11 +27,6 @@ def pipeline():
     return SegLLMPipeline.from_pretrained(path)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 @pytest.mark.parametrize("scene", sorted(FLOORS))
 def test_shipped_model_segments_a_bundled_scene(pipeline, scene):
     record = json.loads((SCENES_DIR / "scenes.jsonl").read_text().splitlines()[scene])
@@ -44,7 +39,7 @@ def test_shipped_model_segments_a_bundled_scene(pipeline, scene):
             right_empty += not reply.masks
             continue
         for i, target in enumerate(targets):
-            ious.append(_iou(reply.masks[i], target) if i < len(reply.masks) else 0.0)
+            ious.append(mask_iou(reply.masks[i], target) if i < len(reply.masks) else 0.0)
     floor, empty_needed = FLOORS[scene]
     assert np.mean(ious) >= floor, (scene, ious)
     assert right_empty >= empty_needed, (scene, right_empty)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segllm.masks import mask_iou
 from segllm.shipped import SCENES_DIR
 
 CAPTION_TOKENS = 160  # a grounded caption of six shapes runs to about 90 tokens
@@ -96,16 +97,11 @@ def _target_masks(targets: list[dict]) -> list[np.ndarray]:
     return [decode_rle(t["rle"]).astype(bool) for t in targets]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def round_ious(predicted: list[np.ndarray], targets: list[np.ndarray]) -> list[float]:
     """IoU of the i-th mask with the i-th target; a missing or extra mask scores 0."""
     empty = np.zeros_like(targets[0] if targets else predicted[0]) if (targets or predicted) else None
     n = max(len(predicted), len(targets))
-    return [_iou(predicted[i] if i < len(predicted) else empty,
+    return [mask_iou(predicted[i] if i < len(predicted) else empty,
                  targets[i] if i < len(targets) else empty) for i in range(n)]
 
 
@@ -153,7 +149,7 @@ def caption_scene(pipeline, record: dict, out: Path) -> dict:
     print(f"\ngrounded caption of {record['id']}:\n  {caption}")
     matched = []
     for j, (phrase, mask) in enumerate(zip(phrases, reply.masks, strict=False)):
-        best = max(((_iou(mask, t), k) for k, t in enumerate(truth)), default=(0.0, -1))
+        best = max(((mask_iou(mask, t), k) for k, t in enumerate(truth)), default=(0.0, -1))
         gt_text = record["phrases"][best[1]]["text"] if best[1] >= 0 else ""
         print(f"  <p>{phrase}</p> -> best ground-truth phrase {gt_text!r}, IoU {best[0]:.2f}")
         matched.append({"phrase": phrase, "iou": best[0], "ground_truth": gt_text, "mask": j})
