@@ -13,11 +13,17 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from segllm.records import AtomicWriter, RecordError, validate_record
 
 log = logging.getLogger("segllm.data_builders")
+
+
+class BuildError(ValueError):
+    """A build that must not write its output: no records at all (unless asked for),
+    duplicate ids, or an output folder holding files the builder does not own."""
 
 MAX_SKIP_EXAMPLES = 50
 """How many skip messages the summary keeps verbatim (all are counted)."""
@@ -33,6 +39,10 @@ class BuildStats:
     rounds_per_type: Counter = field(default_factory=Counter)
     rounds_without_target: int = 0
     leakage_excluded_images: int = 0
+    # images left out per leakage rule: "refcoco_eval_images" (RefCOCO/+/g val/test images in
+    # another source's training set), "coco_val2017_images" (RefCOCO/+/g training images that
+    # are COCO-2017 val images)
+    leakage_by_rule: Counter = field(default_factory=Counter)
     skip_examples: list[str] = field(default_factory=list)
 
     def skip(self, record_id: Any, reason: str, detail: str = "") -> None:
@@ -60,6 +70,7 @@ class BuildStats:
             "rounds_per_type": dict(sorted(self.rounds_per_type.items())),
             "rounds_without_target": self.rounds_without_target,
             "images_excluded_for_leakage": self.leakage_excluded_images,
+            "leakage_excluded_by_rule": dict(sorted(self.leakage_by_rule.items())),
             "skip_examples": list(self.skip_examples),
         }
 
@@ -127,19 +138,26 @@ class Builder:
         """True (and counted) when an image is a RefCOCO/+/g val/test image."""
         if coco_image_id is not None and int(coco_image_id) in self.excluded_image_ids:
             stats.leakage_excluded_images += 1
+            stats.leakage_by_rule["refcoco_eval_images"] += 1
             return True
         return False
 
     # ---- driver
 
-    def build(self, output_path: str | os.PathLike, progress: bool = False) -> BuildStats:
-        """Validate and write all records to ``output_path`` (atomically); return the counters."""
+    def build(self, output_path: str | os.PathLike, progress: bool = False,
+              allow_empty: bool = False) -> BuildStats:
+        """Validate and write all records to ``output_path`` (atomically); return the counters.
+
+        Raises :class:`BuildError`, leaving ``output_path`` as it was, when two records share
+        an id or when no record is written (unless ``allow_empty``).
+        """
         stats = BuildStats(source=self.name)
         records = self.iter_records(stats)
         if progress:
             from tqdm import tqdm
 
             records = tqdm(records, desc=f"build {self.name}", unit="rec", total=self.total())
+        seen_ids = UniqueIds(f"{self.name} records")
         with AtomicWriter(output_path) as out:
             for record in records:
                 try:
@@ -147,9 +165,63 @@ class Builder:
                 except RecordError as exc:
                     stats.skip(record.get("id"), "invalid_record", str(exc))
                     continue
+                seen_ids.add(record.get("id"))
                 out.write_record(record)
                 stats.count_written(record)
+            require_records(stats, output_path, allow_empty)
         return stats
+
+
+class UniqueIds:
+    """Collects ids and raises :class:`BuildError` on the first one seen twice, e.g. two
+    COCO images with one id, whose annotations would attach to both records."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._seen: set = set()
+
+    def add(self, item_id: Any) -> None:
+        if item_id is None:
+            return
+        if item_id in self._seen:
+            raise BuildError(f"{self.what}: id {item_id!r} appears more than once")
+        self._seen.add(item_id)
+
+
+def check_replaceable(folder: str | os.PathLike, owned: Iterable[str], writer: str) -> None:
+    """Raise :class:`BuildError` unless ``folder`` is absent, or a folder holding only the
+    entries in ``owned`` (and temporary files of earlier writes of them): a writer that
+    replaces a whole folder must not take other files with it."""
+    path = Path(folder)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise BuildError(f"{path}: exists and is not a folder")
+    owned = set(owned)
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in owned
+                     and not _is_temporary_of(entry.name, owned))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise BuildError(f"{path}: holds {shown}, which {writer} does not write; it replaces the "
+                         "whole folder, so give it a new or empty one")
+
+
+def _is_temporary_of(name: str, owned: set[str]) -> bool:
+    """``.synthetic.jsonl.x1y2.tmp``: what ``atomic_write`` leaves when killed."""
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        name.startswith(f".{o}.") for o in owned)
+
+
+def require_records(stats: BuildStats, output_path: str | os.PathLike, allow_empty: bool) -> None:
+    """Raise :class:`BuildError` when a build wrote no record and an empty output was not asked
+    for: an empty or all-invalid input must not replace a good output."""
+    if stats.written or allow_empty:
+        return
+    skipped = sum(stats.skipped.values())
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.skipped.items()))
+    detail = f"; {skipped} skipped ({reasons})" if skipped else ""
+    raise BuildError(f"{stats.source}: no records to write{detail}; {os.fspath(output_path)} is "
+                     "left as it was (--allow-empty writes an empty file)")
 
 
 class PerImageBuilder(Builder):
@@ -161,6 +233,9 @@ class PerImageBuilder(Builder):
     images: list[dict]
 
     def iter_records(self, stats: BuildStats) -> Iterator[dict]:
+        image_ids = UniqueIds(f"{self.name} source images")
+        for image in self.images:
+            image_ids.add(image["id"])
         for image in self.images:
             if self.split == "train" and self.is_excluded(image["id"], stats):
                 continue

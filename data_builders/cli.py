@@ -4,40 +4,54 @@ Examples::
 
     segllm build-data synthetic --output data/synthetic --num 1000 --seed 0
     segllm build-data refcoco --input refer/data/refcoco --output data/mrseg \\
-        --image-prefix coco/train2014 --exclude-refs refer/data/refcocog/refs(umd).p
+        --image-prefix coco/train2014 --coco-val2017 coco/annotations/instances_val2017.json \\
+        --exclude-refs refer/data/refcocog/refs(umd).p refer/data/refcoco+/refs(unc).p
+    segllm build-data refcoco --input refer/data/refcoco --split val --protocol standard --output data/eval
     segllm build-data reasonseg --input ReasonSeg/train --output data/mrseg --image-prefix reason_seg/train
 
-Writes ``DIR/<source>.jsonl`` (atomically) and ``DIR/<source>.summary.json``: records written,
-records skipped by reason, rounds per type, images excluded for leakage; the summary is also
+Writes ``DIR/<source>.jsonl`` (atomically), ``DIR/mrseg_statistics.json`` / ``.png`` (SegLLM's
+Table A1 and Fig. A1 over every MRSeg file in DIR: images, conversations, most rounds and the
+histogram of rounds per source) and ``DIR/<source>.summary.json``: records written,
+records skipped by reason, rounds per type, images excluded for leakage (by rule); the summary is also
 printed. ``--input`` takes the paths each source needs, in the order listed by ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from segllm.records import write_json
 
+from .base import BuildError
 from .coco_format import SourceError
-from .leakage import load_heldout_image_ids
+from .leakage import grandf_coco_layout, leakage_filter_ids
 
 INPUTS = {
     "synthetic": "(none)",
+    "synthetic-video": "(none)",
+    "revos-frames": "meta_expressions_<split>_.json (mask_dict.json and JPEGImages/ beside it)",
+    "mevis-frames": "meta_expressions.json (mask_dict.json and JPEGImages/ beside it)",
     "refcoco": "refer folder with refs(unc).p and instances.json",
     "refcoco+": "refer folder with refs(unc).p and instances.json",
     "refcocog": "refer folder with refs(umd).p or refs(google).p and instances.json",
     "coco": "instances_train2017.json",
     "lvis": "lvis_v1_train.json",
     "paco-lvis": "paco_lvis_v1_train.json",
-    "pascal-panoptic-parts": "label folder (*.tif), spec YAML",
+    "pascal-panoptic-parts": "label folder (*.tif), ppp_datasetspec.yaml [, part grouping YAML: "
+                             "ppp_100_72.yaml or a part_groupings file]",
     "visual-genome": "relationships.json, image_data.json",
     "ade20k": "ADEChallengeData2016 folder",
     "coco-stuff": "label folder (*.png), labels.txt",
     "reasonseg": "split folder of *.jpg + *.json",
-    "grandf": "one GranD-f JSON (HA, OpenPSG, RefCOCOg-GCG or Flickr30k-GCG)",
+    "grandf": "one GranD-f JSON (HA, OpenPSG, RefCOCOg-GCG, Flickr30k-GCG, or GLaMM's evaluation "
+              "<split>_gcg_coco_mask_gt.json with its caption file beside it)",
 }
 
 
@@ -52,21 +66,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--split", default="train", help="split to build (default train)")
     parser.add_argument("--split-by", default=None, help="refer split file: unc, umd or google")
-    parser.add_argument("--format", default=None, help="grandf layout: ha, psg, refcocog, flickr")
+    parser.add_argument("--format", default=None, help="grandf layout: ha, psg, refcocog, flickr, gcg-eval")
     parser.add_argument("--image-prefix", default="", help="prepended to image file names in records")
     parser.add_argument("--image-root", default=None,
                         help="image root on this machine; records with a missing image are skipped")
     parser.add_argument("--exclude-refs", nargs="*", default=[], metavar="REFS_P",
-                        help="refer refs(...).p files whose val/test images are kept out of training")
+                        help="refer refs(...).p files whose val/test images are kept out of training "
+                             "(required for training splits of COCO-picture sources)")
+    parser.add_argument("--coco-val2017", default=None, metavar="JSON",
+                        help="refcoco/+/g: instances_val2017.json; training images that are COCO-2017 "
+                             "val images are left out (required for training splits)")
+    parser.add_argument("--no-leakage-filter", action="store_true",
+                        help="build a training split without the two leakage rules (data_builders/leakage.py)")
+    parser.add_argument("--protocol", choices=("mrseg", "standard"), default="mrseg",
+                        help="refcoco/+/g: multi-round conversations (mrseg, default) or the published "
+                             "protocol, one expression per one-round record (standard, for segllm eval refer)")
     parser.add_argument("--num", type=int, default=1000, help="synthetic: number of conversations")
     parser.add_argument("--image-size", type=int, default=64, help="synthetic: image side in pixels")
     parser.add_argument("--min-rounds", type=int, default=1, help="synthetic: fewest rounds")
     parser.add_argument("--workers", type=int, default=1, help="synthetic: worker processes")
     parser.add_argument("--no-gcg", action="store_true", help="synthetic: do not write GCG records")
+    parser.add_argument("--frames", type=int, default=16,
+                        help="synthetic-video: frames per clip; revos-frames / mevis-frames: "
+                             "target frames drawn per expression")
     parser.add_argument("--plain-answers", action="store_true",
                         help="synthetic: answer 'Sure, [SEG].' instead of naming each target "
                              "before its [SEG] ('It is the red circle [SEG].')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write the output even when no record is usable (otherwise an error, "
+                             "and an older output is left as it was)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an input error instead of one line")
 
 
 def _need(args, count: int) -> list[str]:
@@ -77,15 +108,18 @@ def _need(args, count: int) -> list[str]:
 
 def make_builder(args):
     """The builder for ``args.source``, configured from the command line."""
+    refs_ids, coco_val_ids = leakage_filter_ids(args.source, args.split, exclude_refs=args.exclude_refs,
+                                                coco_val2017=args.coco_val2017, opted_out=args.no_leakage_filter,
+                                                grandf_format=grandf_coco_layout(args.format, args.input))
     common = {"rounds": args.rounds or 4, "seed": args.seed, "image_prefix": args.image_prefix,
-              "image_root": args.image_root,
-              "excluded_image_ids": load_heldout_image_ids(args.exclude_refs) if args.exclude_refs else ()}
+              "image_root": args.image_root, "excluded_image_ids": refs_ids}
     source = args.source
     if source in ("refcoco", "refcoco+", "refcocog"):
         from .refcoco import RefCocoBuilder
 
         (folder,) = _need(args, 1)
-        return RefCocoBuilder(folder, dataset=source, split=args.split, split_by=args.split_by, **common)
+        return RefCocoBuilder(folder, dataset=source, split=args.split, split_by=args.split_by,
+                              protocol=args.protocol, coco_val2017_ids=coco_val_ids, **common)
     if source in ("coco", "lvis"):
         from .coco_instances import CocoInstancesBuilder, LvisBuilder
 
@@ -99,7 +133,7 @@ def make_builder(args):
     if source == "pascal-panoptic-parts":
         from .pascal_parts import PascalPartsBuilder
 
-        return PascalPartsBuilder(*_need(args, 2), split=args.split, **common)
+        return PascalPartsBuilder(*_need(args, 3 if len(args.input) == 3 else 2), split=args.split, **common)
     if source == "visual-genome":
         from .visual_genome import VisualGenomeBuilder
 
@@ -124,28 +158,81 @@ def make_builder(args):
     raise SourceError(f"unknown source {source!r}")
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` while a build runs, so a stopped build removes its
+    temporary files (the default SIGTERM ends the process without any clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Build, write the JSONL and the summary, print the summary; 0 on success, 2 on bad input."""
+    with _sigterm_as_exit():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        if args.source == "synthetic":
+        if args.source in ("revos-frames", "mevis-frames"):  # segllm.data_builders.video_frames
+            from .video_frames import write_video_frames
+
+            summary = write_video_frames(args.source.split("-")[0], *_need(args, 1), args.output,
+                                         frames_per_expression=args.frames, seed=args.seed,
+                                         split=args.split)
+        elif args.source == "synthetic-video":  # ReVOS layout (segllm.data_builders.synthetic_video)
+            from .synthetic_video import write_synthetic_videos
+
+            summary = write_synthetic_videos(args.output, num=args.num, seed=args.seed,
+                                             frames=args.frames, size=args.image_size,
+                                             split=args.split)
+        elif args.source == "synthetic":
             from .synthetic import write_synthetic
 
             stats = write_synthetic(args.output, args.num, args.seed, image_size=args.image_size,
                                     min_rounds=args.min_rounds, max_rounds=args.rounds or 8,
                                     gcg=not args.no_gcg, progress=not args.no_progress,
-                                    workers=args.workers, describe=not args.plain_answers)
+                                    workers=args.workers, describe=not args.plain_answers,
+                                    allow_empty=args.allow_empty)
             summary = stats.to_dict()
         else:
             builder = make_builder(args)
             output = os.path.join(args.output, f"{builder.name}.jsonl")
-            stats = builder.build(output, progress=not args.no_progress)
+            stats = builder.build(output, progress=not args.no_progress, allow_empty=args.allow_empty)
             summary = stats.to_dict()
             write_json(os.path.join(args.output, f"{builder.name}.summary.json"), summary)
-    except SourceError as exc:
-        print(f"segllm build-data: {exc}", file=sys.stderr)
+            # Table A1 / Fig. A1 of every MRSeg file in the folder (not for synthetic sets:
+            # their folder holds only what write_synthetic writes, so a rebuild can swap it)
+            from .stats import write_statistics
+
+            write_statistics(args.output)
+    except (SourceError, BuildError, ValueError, OSError, KeyError, TypeError) as exc:
+        # bad input (a missing or malformed file, a bad value): one line, no traceback
+        if args.debug:
+            raise
+        print(f"segllm build-data: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line; a bare KeyError or TypeError says what kind it is."""
+    if isinstance(exc, KeyError):
+        return f"malformed input: missing key {exc} (--debug shows where)"
+    if isinstance(exc, TypeError):
+        return f"malformed input: {exc} (--debug shows where)"
+    return " ".join(str(exc).split())
 
 
 def main(argv: list[str] | None = None) -> int:

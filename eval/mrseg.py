@@ -11,9 +11,14 @@ Pairing of a round's predicted masks with its targets:
 - ``"hungarian"``: the same, after pairing predictions and targets one-to-one by maximum total
   IoU within the round (for rounds whose targets have no natural order).
 
-REC Acc@0.5 uses the pairs that have a target: the prediction's decoder box when the
-prediction file has ``boxes`` and ``use_decoder_boxes`` is set, otherwise the tight box of the
-predicted mask; a missing or empty prediction never counts.
+REC Acc@0.5 uses the pairs that have a target, against the target's annotated box (a record's
+``ann_bbox``; its ``bbox`` otherwise): the prediction's decoder box when the prediction file has
+``boxes`` and ``use_decoder_boxes`` is set, otherwise the tight box of the predicted mask; a
+missing or empty prediction never counts.
+
+A target whose mask is a filled box (``box_derived``, Visual Genome) is not scored as a mask:
+its pair is left out of cIoU / gIoU / mIoU (``n_box_only`` counts them) and still counts for
+REC Acc@0.5.
 
 Results are reported overall, per round index and per round type, for one mode (one predictions
 file). ``evaluate_rounds`` returns plain dicts ready for JSON.
@@ -45,6 +50,7 @@ class _Pairs:
     target_boxes: list = field(default_factory=list)
     has_target: list = field(default_factory=list)
     has_pred: list = field(default_factory=list)
+    mask_scored: list = field(default_factory=list)
     round_index: list = field(default_factory=list)
     round_type: list = field(default_factory=list)
 
@@ -94,6 +100,7 @@ def _collect_pairs(gt_records: Sequence[dict], predictions: dict[str, dict], pai
                 out.pred_boxes.append(None if p_i is None or decoder_boxes is None else decoder_boxes[p_i])
                 out.has_target.append(target is not None)
                 out.has_pred.append(p_i is not None)
+                out.mask_scored.append(target is None or not target.get("box_derived", False))
                 out.round_index.append(gt_round["index"])
                 out.round_type.append(gt_round["type"])
     return out
@@ -108,14 +115,16 @@ def _pred_boxes(pairs: _Pairs) -> np.ndarray:
     return mask_boxes
 
 
-def _summary(inter: np.ndarray, union: np.ndarray, correct: np.ndarray, has_target: np.ndarray) -> dict:
+def _summary(inter: np.ndarray, union: np.ndarray, correct: np.ndarray, has_target: np.ndarray,
+             mask_scored: np.ndarray) -> dict:
     return {
-        "ciou": mm.ciou(inter, union),
-        "giou": mm.giou(inter, union),
-        "miou": mm.miou(inter, union),
+        "ciou": mm.ciou(inter[mask_scored], union[mask_scored]),
+        "giou": mm.giou(inter[mask_scored], union[mask_scored]),
+        "miou": mm.miou(inter[mask_scored], union[mask_scored]),
         "rec_acc50": float(np.mean(correct[has_target])) if np.any(has_target) else float("nan"),
-        "n_pairs": int(len(inter)),
+        "n_pairs": int(np.sum(mask_scored)),
         "n_targets": int(np.sum(has_target)),
+        "n_box_only": int(np.sum(~mask_scored)),
     }
 
 
@@ -142,6 +151,7 @@ def evaluate_rounds(
     inter, union = mm.intersection_union_rle(pairs.preds, pairs.targets, pairs.ignores)
     has_target = np.asarray(pairs.has_target, dtype=bool)
     has_pred = np.asarray(pairs.has_pred, dtype=bool)
+    mask_scored = np.asarray(pairs.mask_scored, dtype=bool)
     correct = np.zeros(len(inter), dtype=bool)
     if len(inter):
         box_iou = mm.box_iou_xywh(_pred_boxes(pairs), np.asarray(pairs.target_boxes, dtype=np.float64))
@@ -151,12 +161,12 @@ def evaluate_rounds(
         members: dict = defaultdict(list)
         for i, key in enumerate(keys):
             members[key].append(i)
-        return {str(k): _summary(inter[idx], union[idx], correct[idx], has_target[idx])
+        return {str(k): _summary(inter[idx], union[idx], correct[idx], has_target[idx], mask_scored[idx])
                 for k, idx in sorted(members.items())}
 
     return {
         "pairing": pairing,
-        "overall": _summary(inter, union, correct, has_target),
+        "overall": _summary(inter, union, correct, has_target, mask_scored),
         "per_round": group(pairs.round_index),
         "per_type": group(pairs.round_type),
         "no_target": no_target_rounds(gt_records, predictions),

@@ -142,9 +142,10 @@ def parse_round_ground_truth(records: Sequence[dict]) -> list[dict]:
     """Validate MRSeg records and return them normalised for evaluation.
 
     Each returned record: ``{"id", "image", "size": (h, w), "rounds": [{"index", "type",
-    "question", "refs", "targets": [{"rle", "bbox", "ignore"}]}]}``, RLEs in pycocotools form,
-    ``bbox`` ``[x, y, w, h]`` (from the record, or the mask's tight box when absent),
-    ``ignore`` an RLE or ``None``.
+    "question", "refs", "targets": [{"rle", "bbox", "ignore", "box_derived"}]}]}``, RLEs in
+    pycocotools form, ``bbox`` ``[x, y, w, h]`` (the annotation's ``ann_bbox`` when the record
+    has one, else its ``bbox``, else the mask's tight box), ``ignore`` an RLE or ``None``,
+    ``box_derived`` whether the mask is a filled box (not scored as a mask).
     """
     out = []
     boxless: list[dict] = []  # targets without a bbox: filled below in one batched call
@@ -165,9 +166,12 @@ def parse_round_ground_truth(records: Sequence[dict]) -> list[dict]:
                 rle = _checked_rle(target.get("rle"), size, f"target {t_i} mask", rid, k)
                 ignore = target.get("ignore_rle")
                 ignore = None if ignore is None else _checked_rle(ignore, size, f"target {t_i} ignore mask", rid, k)
-                bbox = target.get("bbox")
-                bbox = None if bbox is None else _checked_box(bbox, f"target {t_i} bbox", rid, k)
-                parsed_targets.append({"rle": rle, "bbox": bbox, "ignore": ignore})
+                # REC Acc@0.5 scores against the annotation's own box when the record has it
+                box_field = "ann_bbox" if target.get("ann_bbox") is not None else "bbox"
+                bbox = target.get(box_field)
+                bbox = None if bbox is None else _checked_box(bbox, f"target {t_i} {box_field}", rid, k)
+                parsed_targets.append({"rle": rle, "bbox": bbox, "ignore": ignore,
+                                       "box_derived": bool(target.get("box_derived", False))})
                 if bbox is None:
                     boxless.append(parsed_targets[-1])
             refs = rnd.get("refs", [])

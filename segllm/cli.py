@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("segllm.eval.cli", "evaluate a model or a prediction file"),
     "train": ("segllm.train.cli", "train from a YAML config"),
     "chat": ("segllm.commands.chat", "chat with a model about an image"),
+    "video": ("segllm.commands.video", "segment a query through a video (frames or a file)"),
     "serve": ("segllm.demo.app", "start the web demo"),
     "demo": ("segllm.commands.demo", "run the shipped small model end to end"),
 }

@@ -369,4 +369,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
         "trainable": {"llm": "lora", "decoder": {"mask_decoder": True}},
     },
+    # SegLLM as the paper trains it: the segllm-7b setup with HIPIE-R50 as the decoder (frozen;
+    # the LLM and projector train fully), prompted by 8 [SEG] tokens of 768 (hipie_utils.py's
+    # output_token_dim = 768 * 8), references supervised as a second class.
+    "segllm-7b-hipie": {
+        "decoder": "hipie",
+        "seg_head": {"num_prompt_tokens": 8},
+        "mask_aware_decoding": True,
+        "mask_encoder": {"token_dropout": 0.5, "inference_scale": 0.5},
+        "trainable": {"llm": "full"},
+    },
+}
+
+# CPU tests of the query decoder: the tiny preset with a tiny HIPIE-style decoder (two prompt
+# tokens per [SEG], so the reference class of mask-aware decoding has its own half).
+PRESETS["hipie-tiny"] = {
+    **copy.deepcopy(PRESETS["tiny"]),
+    "decoder": "hipie",
+    "decoder_config": {
+        "image_size": 64, "backbone_block": "basic", "backbone_layers": [1, 1, 1, 1],
+        "hidden_dim": 32, "mask_dim": 32, "prompt_dim": 32, "encoder_layers": 2,
+        "encoder_ffn_dim": 64, "decoder_layers": 2, "decoder_ffn_dim": 64, "num_heads": 2,
+        "num_points": 2, "num_queries": 4, "num_proposals": 4, "query_strategy": "both",
+        "loss": {"num_points": 256},
+    },
+    "seg_head": {"num_prompt_tokens": 2},
+    "mask_aware_decoding": True,
 }

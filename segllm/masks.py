@@ -67,14 +67,81 @@ def to_pycoco(rle: Mapping) -> dict:
     height, width = _rle_hw(rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed RLE, as COCO writes for crowd regions
-        if sum(counts) != height * width:
-            raise MaskError(f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
+        check_run_lengths(_uncompressed_runs(counts), height, width)
         return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     if isinstance(counts, str):
-        counts = counts.encode("ascii")
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise MaskError("compressed RLE 'counts' holds a non-ASCII character") from None
     if not isinstance(counts, bytes):
         raise MaskError(f"RLE 'counts' must be a string or a list, got {type(counts).__name__}")
+    check_run_lengths(compressed_runs(counts), height, width)
     return {"size": [height, width], "counts": counts}
+
+
+# -- RLE validation -------------------------------------------------------------------------------
+# pycocotools trusts its input: counts that do not cover exactly h*w pixels make its C code
+# read uninitialised memory (decode returns different pixels on each call) or loop for ever
+# (mask.iou). So every RLE is checked here, in to_pycoco, before pycocotools sees it.
+
+# Each character of COCO's compressed counts is 48 + a 6-bit group ('0' to 'o'); -1 marks
+# every other byte.
+_GROUP_OF_BYTE = np.full(256, -1, dtype=np.int64)
+_GROUP_OF_BYTE[48:112] = np.arange(64)
+# A count is below 2**32 (pycocotools keeps uint32): at most 7 groups of 5 bits.
+_MAX_GROUPS_PER_COUNT = 7
+_GROUP_SHIFTS = 5 * np.arange(_MAX_GROUPS_PER_COUNT + 1, dtype=np.int64)
+
+
+def compressed_runs(counts: bytes) -> np.ndarray:
+    """The run lengths of COCO's compressed ``counts`` string, as int64.
+
+    The format (pycocotools' ``rleToString``): each number is a little-endian sequence of 5-bit
+    groups, one character each (``48 + group``; bit 0x20 set on all but the last group, bit
+    0x10 of the last one the sign); from the fourth number on, each is stored as the difference
+    to the number two places before it. Raises ``MaskError`` on a character outside the
+    alphabet, a number left unfinished, or one too long for a pixel count.
+    """
+    groups = _GROUP_OF_BYTE[np.frombuffer(counts, dtype=np.uint8)]
+    if groups.size == 0:
+        return groups
+    if groups.min() < 0:
+        raise MaskError("compressed RLE 'counts' holds a character outside '0'..'o'")
+    ends = np.flatnonzero(groups < 0x20)  # the last group of each number
+    if ends.size == 0 or ends[-1] != groups.size - 1:
+        raise MaskError("compressed RLE 'counts' ends inside a number")
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_GROUPS_PER_COUNT:
+        raise MaskError("compressed RLE 'counts' holds a number too long for a pixel count")
+    position = np.arange(groups.size) - np.repeat(starts, lengths)
+    values = np.add.reduceat((groups & 0x1F) << _GROUP_SHIFTS[position], starts)
+    values -= ((groups[ends] >> 4) & 1) << _GROUP_SHIFTS[lengths]  # sign extension
+    # undo the delta coding: runs[m] = values[m] + runs[m - 2] for m >= 3
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    return values
+
+
+def _uncompressed_runs(counts: list) -> np.ndarray:
+    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
+        raise MaskError("uncompressed RLE 'counts' must be a list of integers")
+    try:
+        return np.asarray(counts, dtype=np.int64) if counts else np.zeros(0, dtype=np.int64)
+    except OverflowError:
+        raise MaskError("uncompressed RLE 'counts' holds a number too large for a pixel count") from None
+
+
+def check_run_lengths(runs: np.ndarray, height: int, width: int) -> None:
+    """Run lengths are non-negative and cover exactly ``height * width`` pixels."""
+    if runs.size and runs.min() < 0:
+        raise MaskError(f"RLE counts hold a negative run length ({int(runs.min())})")
+    total = int(runs.sum())
+    if total != height * width:
+        raise MaskError(f"RLE counts sum to {total}, but a {height}x{width} mask has "
+                        f"{height * width} pixels")
 
 
 def _rle_hw(size: Any) -> tuple[int, int]:

@@ -18,7 +18,9 @@ Optional fields this module accepts (and the builders write) beyond the design's
 
 - a target may carry ``"box_derived": true`` when its mask was filled from a box (Visual
   Genome), ``"ignore_rle"`` for pixels to be scored as label 255 (ReasonSeg's "ignore"
-  polygons), and ``"label"`` (the source's class or phrase, for inspection);
+  polygons), ``"label"`` (the source's class or phrase, for inspection) and ``"ann_bbox"``
+  (the source annotation's own ``[x, y, w, h]`` box, which REC Acc@0.5 scores against; it
+  may differ from ``bbox``, the mask's tight box);
 - a GCG phrase may carry ``"bbox"``; any record may carry ``"meta"`` (a dict).
 
 Image paths are relative to an image root given at run time, so absolute paths are errors.
@@ -33,7 +35,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from segllm.files import atomic_write
+from segllm.files import atomic_write, escapes_root
 from segllm.masks import MaskError, rle_area, rle_bbox
 from segllm.tokens import REF_PATTERN, SEG_TOKEN
 
@@ -137,6 +139,8 @@ def _check_image(c: _Checker, record: dict) -> None:
         raise c.fail("image", "empty path")
     if os.path.isabs(image) or image.startswith(("/", "\\")):
         raise c.fail("image", f"absolute path {image!r}; image paths are relative to an image root")
+    if escapes_root(image):
+        raise c.fail("image", f"path {image!r} leads out of the image root ('..')")
 
 
 def _check_size(c: _Checker, record: dict) -> tuple[int, int]:
@@ -236,6 +240,8 @@ def _check_round(c: _Checker, rnd: Any, index: int, rounds: list, height: int, w
             raise c.fail(f"{prefix}box_derived", "expected a bool")
         if "ignore_rle" in target:
             _check_rle(c, target["ignore_rle"], f"{prefix}ignore_rle", height, width)
+        if "ann_bbox" in target:
+            _check_bbox(c, target["ann_bbox"], f"{prefix}ann_bbox", height, width)
     _check_refs(c, question, refs, index, rounds)
 
 

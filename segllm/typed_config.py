@@ -3,17 +3,24 @@
 One checker for the model config (``segllm.config``) and the training config
 (``segllm.train.args``): an unknown key, a value of the wrong type or a ``Literal`` outside its
 choices fails with a :class:`ConfigError` that names the full key path, before anything is
-built. Lists are accepted for tuples (JSON and YAML have no tuples); ints for floats; numeric
-strings for floats (YAML reads ``1e-3`` as a string).
+built. Lists are accepted for tuples (JSON and YAML have no tuples) and ints for floats. A
+string is a number only in the one spelling PyYAML misreads as a string, an exponent without
+a decimal point (``1e-3``); ``"0.5"`` is a string, so a quoted number fails at load rather than
+at the first use. Floats must be finite (NaN and infinity are no setting).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
+
+# What PyYAML (YAML 1.1) reads as a string although it is a number: no decimal point.
+_YAML_STRING_FLOAT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 
 class ConfigError(ValueError):
@@ -137,12 +144,13 @@ def _coerce_scalar(kind: Any, value: Any, path: KeyPath) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if kind is float:
-        if isinstance(value, bool):
+        if isinstance(value, str) and _YAML_STRING_FLOAT.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")

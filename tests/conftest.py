@@ -58,6 +58,16 @@ def make_conversation(sample_id: str, h: int = 48, w: int = 64, seed: int = 0):
     return record, image
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Torch on one thread for the test: tiny ops run faster on one thread than on two fighting
+    over shared cores (8x for the query decoder's tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from segllm.tokenizer import build_tiny_tokenizer

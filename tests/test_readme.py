@@ -24,6 +24,7 @@ folder it names with ``--output`` / ``--out`` exists and is not empty.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -52,10 +53,10 @@ NOT_RUN = {
     "make shapes-model": "retrains the shipped model for about an hour; its steps are the "
                          "README's build-data, train and eval commands, run here at tiny size, "
                          "and its recipe is loaded by tests/test_config.py",
-    "deepspeed --num_gpus 8 --module segllm.train.cli --config configs/train/segllm-7b-lora.yaml":
+    "deepspeed --num_gpus 8 --module segllm.train.cli --config configs/train/segllm-7b.yaml":
         "trains from LLaVA-1.5-7B and SAM ViT-H checkpoints, which cannot exist offline",
     "accelerate launch --use_deepspeed --num_processes 8 -m segllm.train.cli --config "
-    "configs/train/segllm-7b-lora.yaml":
+    "configs/train/segllm-7b.yaml":
         "trains from LLaVA-1.5-7B and SAM ViT-H checkpoints, which cannot exist offline",
 }
 
@@ -106,7 +107,16 @@ def configs_link(path: Path) -> None:
     path.symlink_to(REPO / "configs", target_is_directory=True)
 
 
+def coco_val2017(path: Path) -> None:
+    """``coco/instances_val2017.json``: a COCO instances file whose one image is not a
+    RefCOCO fixture image (the leakage rule has nothing to remove)."""
+    path.write_text(json.dumps({"images": [{"id": 999, "file_name": "000000000999.jpg",
+                                            "height": 48, "width": 64}],
+                                "annotations": [], "categories": []}))
+
+
 INPUTS = {"out": tiny_model, "photo.jpg": photo, "refer/refcocog": refer_folder,
+          "refer/refcoco": refer_folder, "coco/instances_val2017.json": coco_val2017,
           "configs": configs_link}
 
 
@@ -169,6 +179,10 @@ def user_env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HOME"] = str(work)
+    # an in-process training test of this session set these (and its process group holds
+    # MASTER_PORT): a user's shell has none of them
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
     return env
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,8 @@ from typing import Any, Literal
 import yaml
 
 from segllm.typed_config import ConfigError, KeyPath, build_checked
+
+from .augment import AugmentArgs
 
 
 class TrainConfigError(ConfigError):
@@ -55,6 +58,7 @@ class SourceArgs:
     image_root: str | None = None  # default: the folder of the JSONL file
     weight: float = 1.0  # sampling ratio (LISA's 9:3:3:1 is four sources weighted 9, 3, 3, 1)
     name: str | None = None  # for logs; default: the file name
+    augment: AugmentArgs = field(default_factory=AugmentArgs)  # off by default (train/augment.py)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class DataArgs:
     mixing: Literal["ratio", "size"] = "ratio"
     num_workers: int = 0  # DataLoader workers; the sample order does not depend on it
     validate_records: bool = True  # run segllm.records validation while reading
+    check_images: bool = True  # open every image's header (and size) before step 1
 
 
 @dataclass
@@ -254,6 +259,27 @@ def check_config(config: TrainConfig, where: str) -> None:
     if config.optim.warmup_steps < 0 or not 0.0 <= config.optim.min_lr_ratio <= 1.0:
         raise TrainConfigError(f"{where}: optim.warmup_steps must be >= 0 and optim.min_lr_ratio "
                                "in [0, 1]")
+    check_optimizer_values(config.optim, where)
+
+
+def check_optimizer_values(optim: OptimArgs, where: str) -> None:
+    """Numbers AdamW and the schedule can use: a NaN or negative learning rate would train
+    nothing (or diverge) without any error, so each is refused here, naming its key."""
+    def finite(key: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainConfigError(f"{where}: optim.{key} must be a finite number, got {value}")
+
+    for key in ("lr", "weight_decay", "eps", "max_grad_norm"):
+        value = getattr(optim, key)
+        finite(key, value)
+        if value < 0:
+            raise TrainConfigError(f"{where}: optim.{key} must be >= 0, got {value}")
+    if optim.eps <= 0:
+        raise TrainConfigError(f"{where}: optim.eps must be > 0, got {optim.eps}")
+    for i, beta in enumerate(optim.betas):
+        finite(f"betas.{i}", beta)
+        if not 0.0 <= beta < 1.0:
+            raise TrainConfigError(f"{where}: optim.betas.{i} must be in [0, 1), got {beta}")
 
 
 def check_paths(config: TrainConfig) -> None:

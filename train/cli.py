@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import TrainConfigError, check_paths, load_train_config
+from .args import check_paths, load_train_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides, e.g. optim.lr=3e-4 data.sources.0.weight=2")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from CHECKPOINT, or from the newest one in output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a used output_dir, removing the earlier run's "
+                             "checkpoints, metrics and export (without it a used folder is an error)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an input error instead of one line")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env has it too
 
@@ -28,12 +33,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_train_config(args.config, args.overrides)
         check_paths(config)
-    except (TrainConfigError, ValueError) as err:
-        print(f"segllm train: {err}", file=sys.stderr)
-        return 2
-    from .trainer import train
+        from .run_dir import plan_run
 
-    result = train(config, resume=args.resume)
+        plan_run(config, args.resume, args.overwrite)  # a used output_dir fails here, in a second
+        from .trainer import train
+
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        # bad input (config values, files, records, images, output folder, checkpoint): one
+        # line naming it; ValueError covers TrainConfigError, RecordError, RunDirError,
+        # CheckpointError and ImageCheckError
+        if args.debug:
+            raise
+        print(f"segllm train: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     if result.export_dir is not None:
         print(f"exported merged model to {result.export_dir}")
     return 0

@@ -14,8 +14,9 @@ with accumulation ``k`` and ``k`` processes without accumulation see the same gl
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from segllm.images import load_image
 from segllm.records import read_jsonl, record_kind
 
 from .args import DataArgs, SourceArgs
+from .augment import AugmentArgs, augment
 
 BLOCK = 4096  # positions drawn per block of the mixture stream
 
@@ -40,6 +42,7 @@ class ConversationSource:
     records: list[dict]
     image_root: Path
     weight: float
+    augment: AugmentArgs = field(default_factory=AugmentArgs)  # off unless the recipe says
 
     @classmethod
     def from_args(cls, args: SourceArgs, validate: bool = True) -> ConversationSource:
@@ -58,7 +61,7 @@ class ConversationSource:
             raise ValueError(f"{path}: no records")
         root = Path(args.image_root) if args.image_root else path.parent
         return cls(name=args.name or path.stem, records=records, image_root=root,
-                   weight=args.weight)
+                   weight=args.weight, augment=args.augment)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -136,11 +139,12 @@ class MixedConversations:
     """Encoded samples at global positions of the mixture stream."""
 
     def __init__(self, sources: list[ConversationSource], sampler: MixtureSampler, tokenizer,
-                 model_config: SegLLMConfig):
+                 model_config: SegLLMConfig, seed: int = 0):
         self.sources = sources
         self.sampler = sampler
         self.tokenizer = tokenizer
         self.model_config = model_config
+        self.seed = seed
 
     @classmethod
     def from_args(cls, args: DataArgs, seed: int, tokenizer,
@@ -149,11 +153,18 @@ class MixedConversations:
         probs = mixture_probabilities([len(s) for s in sources], [s.weight for s in sources],
                                       args.mixing)
         return cls(sources, MixtureSampler([len(s) for s in sources], probs, seed), tokenizer,
-                   model_config)
+                   model_config, seed)
 
-    def encode(self, position: int) -> EncodedSample:
+    def load(self, position: int) -> tuple[dict, np.ndarray]:
+        """The record and image at a stream position, augmented as its source says; the
+        draws depend only on (seed, position), so a resumed run repeats them."""
         source, index = self.sampler[position]
         record, image = self.sources[source].load(index)
+        rng = random.Random(f"augment:{self.seed}:{position}")
+        return augment(record, image, self.sources[source].augment, rng)
+
+    def encode(self, position: int) -> EncodedSample:
+        record, image = self.load(position)
         return encode_sample(record, image, self.tokenizer, self.model_config)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from segllm.dtypes import parse_dtype
+from segllm.files import publish_permissions
 from segllm.modeling.lora import has_lora, merge_lora
 from segllm.modeling.model import SegLLMModel
 from segllm.quantization import dequantize_linear_layers
@@ -35,7 +36,11 @@ def merged_copy(model: SegLLMModel) -> SegLLMModel:
 
 
 def export_merged(model: SegLLMModel, path: str | Path, dtype: str = "float32") -> Path:
-    """Write the merged model to ``path`` (atomically, by ``save_pretrained``)."""
+    """Write the merged model to ``path`` (atomically, by ``save_pretrained``), with the usual
+    permissions (0o755 folders, 0o644 files under umask 022), not the owner-only ones of the
+    temporary folder it was written in: an export is meant to be shared."""
     merged = merged_copy(model)
     merged.to(parse_dtype(dtype))
-    return merged.save_pretrained(path)
+    out = merged.save_pretrained(path)
+    publish_permissions(out)
+    return out

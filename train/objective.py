@@ -1,4 +1,8 @@
-"""The training objective: CE + bce_weight * BCE + dice_weight * Dice over a ``SegBatch``.
+"""The training objective: CE + the decoder's mask loss over a ``SegBatch``.
+
+The mask loss is the decoder's (``MaskDecoder.training_loss``): bce_weight * BCE +
+dice_weight * Dice of the returned masks by default (SAM), a set loss over every query for
+a query decoder (``decoder: hipie``).
 
 The model's forward knows nothing of targets or losses; this module pairs the i-th ``[SEG]``
 of each conversation with its i-th target mask (checking the counts round by round, naming
@@ -14,7 +18,7 @@ zero-valued "touches" a ZeRO-2 run needs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,7 +27,7 @@ from segllm.batching import SegBatch
 from segllm.config import LossConfig
 from segllm.modeling.model import SegLLMModel, SegLLMOutput
 
-from .losses import language_model_loss, mask_losses
+from .losses import language_model_loss
 
 
 @dataclass
@@ -36,6 +40,8 @@ class ObjectiveOutput:
     dice_loss: torch.Tensor
     num_masks: int
     output: SegLLMOutput
+    mask_loss: torch.Tensor  # the decoder's weighted total (MaskDecoder.training_loss)
+    mask_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # its named parts
 
     @property
     def logits(self) -> torch.Tensor:
@@ -71,13 +77,18 @@ def compute_objective(model: SegLLMModel, batch: SegBatch, *, forward=None,
     out = forward(**inputs, inputs_embeds=embeds)
     check_seg_counts(batch, out)
     ce = language_model_loss(out.logits, batch.labels)
-    targets = [t.to(out.hidden_states.device) for t in batch.target_masks]
-    bce, dice, n_masks = mask_losses(out.mask_logits, targets)
-    loss = weights.ce_weight * ce + weights.bce_weight * bce + weights.dice_weight * dice
-    if n_masks == 0:
+    device = out.hidden_states.device
+    mask = model.decoder.training_loss(
+        mask_logits=out.mask_logits, targets=[t.to(device) for t in batch.target_masks],
+        target_weights=batch.target_weights,
+        ref_masks=[r.to(device) for r in batch.seg_ref_masks] if batch.seg_ref_masks else None,
+        extras=out.decoder_extras, weights=weights)
+    loss = weights.ce_weight * ce + mask.total
+    if mask.num_masks == 0:
         loss = loss + _unused_mask_path(model, out, batch)
-    return ObjectiveOutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice,
-                           num_masks=n_masks, output=out)
+    return ObjectiveOutput(loss=loss, ce_loss=ce, bce_loss=mask.bce, dice_loss=mask.dice,
+                           num_masks=mask.num_masks, output=out, mask_loss=mask.total,
+                           mask_parts=mask.parts)
 
 
 def _trains(module: nn.Module | None) -> bool:
@@ -86,12 +97,19 @@ def _trains(module: nn.Module | None) -> bool:
 
 
 def _unused_mask_path(model: SegLLMModel, out: SegLLMOutput, batch: SegBatch) -> torch.Tensor:
-    """Zero times one decoded mask, for a batch without any [SEG] (see the module docstring)."""
+    """Zero times one decoded mask and the decoder's loss of it against an empty target, for a
+    batch without any [SEG] (see the module docstring; the loss reaches what the mask alone
+    does not, e.g. a query decoder's proposal head)."""
     if not (_trains(model.seg_head) or _trains(model.decoder)):
         return out.hidden_states.new_zeros(())
+    extras: list = []
     logits, scores, _ = model.decode_masks(out.hidden_states[0, :1], out.image_features[:1],
-                                           batch.decoder_input_sizes[0], batch.original_sizes[0])
-    return 0.0 * (logits.sum() + scores.sum()).float()
+                                           batch.decoder_input_sizes[0], batch.original_sizes[0],
+                                           extras=extras)
+    mask = model.decoder.training_loss(mask_logits=[logits], targets=[torch.zeros_like(logits)],
+                                       target_weights=None, ref_masks=None, extras=extras,
+                                       weights=model.config.loss)
+    return 0.0 * (logits.sum() + scores.sum() + mask.total).float()
 
 
 def check_seg_counts(batch: SegBatch, out: SegLLMOutput) -> None:

@@ -9,7 +9,6 @@ the same numbers as k processes without accumulation.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import defaultdict
@@ -20,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from segllm.image_check import check_record_images
 from segllm.modeling.model import SegLLMModel
 
 from . import checkpoint as ckpt
+from . import run_dir
 from .args import TrainConfig, check_paths
 from .backend import Backend, deepspeed_config, make_backend, training_dtype
 from .data import MixedConversations, StepBatches, batch_loader, count_tokens, read_validation
@@ -54,48 +55,61 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
-    """``None``: fresh run; ``"latest"``: the newest complete checkpoint (fresh when none);
-    a path: that checkpoint, which must exist."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        return ckpt.latest_checkpoint(output_dir)
-    path = Path(resume)
-    ckpt.read_trainer_state(path)  # raises, naming the path, when incomplete
-    return path
-
-
 def micro_losses(out) -> dict[str, float]:
-    """Scalars of one forward for the log (the mask loss is the weighted BCE + Dice)."""
+    """Scalars of one forward for the log (the mask loss is the decoder's weighted total:
+    BCE + Dice for SAM, the set loss over every query for a query decoder)."""
     def scalar(t: torch.Tensor) -> float:
         return float(t.detach().float().item())
 
     return {"loss": scalar(out.loss), "ce_loss": scalar(out.ce_loss),
-            "bce_loss": scalar(out.bce_loss), "dice_loss": scalar(out.dice_loss),
-            "num_masks": float(out.num_masks)}
+            "mask_loss": scalar(out.mask_loss), "bce_loss": scalar(out.bce_loss),
+            "dice_loss": scalar(out.dice_loss), "num_masks": float(out.num_masks)}
 
 
-def train(config: TrainConfig, resume: str | None = None, keep_model: bool = False) -> TrainResult:
-    """Run (or continue) the training that ``config`` describes."""
+def train(config: TrainConfig, resume: str | None = None, keep_model: bool = False,
+          overwrite: bool = False) -> TrainResult:
+    """Run (or continue) the training that ``config`` describes.
+
+    ``resume``: ``None`` (a fresh run, into an absent or empty ``output_dir``; ``overwrite``
+    replaces an earlier run there), ``"latest"`` or a checkpoint path (the same run only; see
+    ``segllm.train.run_dir``). Bad input raises before the model is built where it can.
+    """
     check_paths(config)
+    plan = run_dir.plan_run(config, resume, overwrite)  # every process, before any writes
     if config.threads:
         torch.set_num_threads(config.threads)
-    output_dir = Path(config.output_dir)
     backend = make_backend(config)
     try:
-        return _train(config, backend, output_dir, resume, keep_model)
+        return _train(config, backend, plan, keep_model)
     finally:
         backend.close()
 
 
-def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str | None,
+def check_images(data: MixedConversations, val_source, config: TrainConfig, show: bool) -> None:
+    """Open the header of every image the run will read (training and validation records)
+    before step 1; the first bad one raises ``ImageCheckError`` naming file, line and record."""
+    if not config.data.check_images:
+        return
+    sources = [(args.path, source)
+               for args, source in zip(config.data.sources, data.sources, strict=True)]
+    if val_source is not None:
+        sources.append((config.validation.path, val_source))
+    for path, source in sources:
+        check_record_images(path, source.records, source.image_root, progress=show,
+                            desc=f"check images {source.name}")
+
+
+def _train(config: TrainConfig, backend: Backend, plan: run_dir.RunPlan,
            keep_model: bool) -> TrainResult:
     world, rank = backend.world_size, backend.rank
-    resume_from = resolve_resume(resume, output_dir)
+    output_dir, resume_from = plan.output_dir, plan.resume_from
     seed_everything(config.seed)
     model = build_model(config.model)
     data = MixedConversations.from_args(config.data, config.seed, model.tokenizer, model.config)
+    val_source = (read_validation(config.validation.path, config.validation.image_root,
+                                  config.validation.max_samples, config.data.validate_records)
+                  if config.validation.path else None)
+    check_images(data, val_source, config, show=backend.is_main and config.logging.progress)
     ds_config = deepspeed_config(config, world)
     dtype = training_dtype(ds_config)
     optimizer = build_optimizer(model, config.optim)
@@ -112,14 +126,11 @@ def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str 
         state = ckpt.load_checkpoint(engine, backend, resume_from, expected)
         start_step = int(state["step"])
     if backend.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        run_dir.claim(plan, config)
+    backend.barrier()
     tracker = MetricsTracker(output_dir, backend.is_main, config.logging.tensorboard,
                              resume_step=start_step if resume_from is not None else None)
     progress = Progress(backend.is_main and config.logging.progress, config.max_steps, start_step)
-    val_source = (read_validation(config.validation.path, config.validation.image_root,
-                                  config.validation.max_samples, config.data.validate_records)
-                  if config.validation.path else None)
 
     batches = StepBatches(data, start_step, config.max_steps, rank, world,
                           config.micro_batch_size, config.gradient_accumulation_steps)
@@ -129,7 +140,8 @@ def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str 
 
     def trainer_state(step: int) -> dict[str, Any]:
         return {"step": step, "samples_seen": step * global_batch,
-                "data_position": step * global_batch, "seed": config.seed, **expected}
+                "data_position": step * global_batch, "seed": config.seed, **expected,
+                run_dir.RUN_KEY: plan.checkpoint_entry(config)}
 
     for step in range(start_step, config.max_steps):
         started = time.perf_counter()
@@ -145,8 +157,6 @@ def _train(config: TrainConfig, backend: Backend, output_dir: Path, resume: str 
             tokens += count_tokens(batch)
         stats = backend.mean_across_processes({**sums, "tokens": float(tokens)})
         elapsed = time.perf_counter() - started
-        stats["mask_loss"] = (module.config.loss.bce_weight * stats["bce_loss"]
-                              + module.config.loss.dice_weight * stats["dice_loss"])
         grad_norm = engine.get_global_grad_norm()
         metrics = {"step": step + 1, "lr": lr, **{k: v for k, v in stats.items() if k != "tokens"},
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,

@@ -41,7 +41,10 @@ def per_round_ciou(model, source: ConversationSource, batch_size: int, device,
             pred = (logits.float() > threshold).cpu().numpy()
             target = batch.target_masks[i].float().cpu().numpy() > 0.5
             i_, u_ = intersection_union_dense(pred, target)
-            for r, a, b in zip(out.mask_rounds[i].tolist(), i_, u_, strict=True):
+            scored = (batch.target_weights[i] > 0).tolist()  # a filled box is not a mask to score
+            for r, a, b, keep in zip(out.mask_rounds[i].tolist(), i_, u_, scored, strict=True):
+                if not keep:
+                    continue
                 inter[r].append(np.atleast_1d(a))
                 union[r].append(np.atleast_1d(b))
     model.train(was_training)

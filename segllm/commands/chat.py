@@ -5,8 +5,10 @@
 
 Each round writes ``OUT/round_NN/``: ``mask_J.png`` (0/255), ``masks.json`` (question, answer,
 and per mask its COCO RLE, box and score) and ``overlay.png`` (the round's masks in colour,
-labelled with the round). Interactive commands: ``/undo``, ``/history``, ``/quit``.
-A refused question prints why and the chat goes on.
+labelled with the round). An ``OUT`` that already holds files (an earlier chat) is left alone:
+the new chat goes to the first free ``OUT-2``, ``OUT-3``, ... Interactive commands: ``/undo``,
+``/history``, ``/quit``; Ctrl-C cancels the question being typed or answered (the chat goes
+on), Ctrl-D ends the chat. A refused question prints why and the chat goes on.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ HISTORY_FILE = Path.home() / ".segllm_chat_history"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="directory written by save_pretrained (default: the "
                         "shipped models/segllm-shapes)")
-    parser.add_argument("--image", required=True, help="the image to talk about")
+    from .video import add_video_input_arguments, add_video_model_arguments
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="the image to talk about")
+    source.add_argument("--video", help="a video file or a folder of frames: each question is "
+                        "segmented through the whole video (as `segllm video`)")
     parser.add_argument("--script", help="file with one question a line (# starts a comment)")
     parser.add_argument("--out", default="chat_outputs", help="where rounds are saved")
     parser.add_argument("--history-file", default=str(HISTORY_FILE),
                         help="readline history of the interactive prompt")
     add_model_arguments(parser)
+    video = parser.add_argument_group("with --video")
+    add_video_input_arguments(video)
+    add_video_model_arguments(video)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,26 +77,75 @@ def load_pipeline(args):
                                           generation=generation_from_args(args))
 
 
+class ChatError(Exception):
+    """A bad ``--script`` or ``--out``: one line for the user, exit code 2."""
+
+
 def run(args: argparse.Namespace) -> int:
     from segllm.pipeline import ImageError
 
-    pipeline = load_pipeline(args)
+    if args.video:
+        from . import video
+
+        args.query = []
+        return video.run(args)
+
     try:
+        questions = read_script(Path(args.script)) if args.script else None
+        pipeline = load_pipeline(args)
         session = pipeline.start(args.image, orientation="exif")  # a user's photo
+        out = claim_output_folder(Path(args.out))
     except ImageError as err:
         print(f"error: {args.image}: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.script:
-        return run_script(session, read_script(Path(args.script)), out)
+    except (ChatError, FileNotFoundError) as err:  # FileNotFoundError: no model folder
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if questions is not None:
+        try:
+            return run_script(session, questions, out)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted after {session.num_rounds} round(s); they are in {out}")
+            return 130
     return run_interactive(session, out, history_file=Path(args.history_file))
 
 
 def read_script(path: Path) -> list[str]:
-    """Questions of a script file: one a line, blank lines and ``#`` comments skipped."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    """Questions of a script file: one a line (split at ``\n`` only: ``str.splitlines`` would
+    also split at characters such as U+2028 or \\x1c inside a question), blank lines and ``#``
+    comments skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ChatError(f"{path}: no such script file") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ChatError(f"{path}, line {line}: not UTF-8 text ({err.reason})") from None
+    except OSError as err:
+        raise ChatError(f"{path}: cannot read the script ({err.strerror})") from None
+    lines = [line.strip() for line in text.split("\n")]
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def claim_output_folder(out: Path) -> Path:
+    """The folder this chat writes to: ``out`` when it is new or empty, else the first
+    ``out-N`` (N = 2, 3, ...) that is, so two chats' rounds never mix. Created here (``mkdir``
+    claims a name even against another chat starting at the same time)."""
+    if out.exists() and not out.is_dir():
+        raise ChatError(f"--out {out}: exists and is not a folder")
+    candidates = [out] + [out.with_name(f"{out.name}-{n}") for n in range(2, 1000)]
+    for folder in candidates:
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            if not folder.is_dir() or any(folder.iterdir()):
+                continue
+        except OSError as err:
+            raise ChatError(f"--out {folder}: cannot create the folder ({err.strerror})") from None
+        if folder != out:
+            print(f"note: {out} holds an earlier chat; this one is saved in {folder}")
+        return folder
+    raise ChatError(f"--out {out}: {out}-2 to {out}-999 are all in use; choose another --out")
 
 
 def run_script(session, questions: Iterable[str], out: Path) -> int:
@@ -115,19 +174,36 @@ def run_interactive(session, out: Path, lines: Iterator[str] | None = None,
                 for reply in session.history:
                     print(f"[{reply.round}] {reply.question} -> {reply.text}")
             else:
-                ask_and_save(session, line, out)
+                ask_or_cancel(session, line, out)
     finally:
         _save_readline(history, history_file)
     return 0
 
 
 def _prompts(session) -> Iterator[str]:
+    """Lines typed at the prompt: Ctrl-C drops the line being typed, Ctrl-D (end of input)
+    ends the chat."""
     while True:
         try:
             yield input(f"round {session.num_rounds}> ")
+        except KeyboardInterrupt:
+            print("\n(cancelled; Ctrl-D or /quit ends the chat)")
         except EOFError:
             print()
             return
+
+
+def ask_or_cancel(session, question: str, out: Path) -> bool:
+    """``ask_and_save``, where Ctrl-C while the model answers cancels the round: the session
+    and ``out`` are left as they were before the question."""
+    rounds = session.num_rounds
+    try:
+        return ask_and_save(session, question, out)
+    except KeyboardInterrupt:
+        while session.num_rounds > rounds:  # interrupted after the round was stored
+            shutil.rmtree(round_folder(out, session.undo().round), ignore_errors=True)
+        print(f"\ncancelled: round {rounds} was not asked; the chat goes on")
+        return False
 
 
 def ask_and_save(session, question: str, out: Path) -> bool:

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
              if c.trainable.llm == "lora" else ""))
     print(f"  mask decoder  {c.decoder}: {decoder_class(c.decoder).describe(c.decoder_config)}")
     print(f"  mask encoder  {'on' if c.mask_encoder.enabled else 'off'}")
-    print(f"  loss          CE x{c.loss.ce_weight} + BCE x{c.loss.bce_weight} "
-          f"+ Dice x{c.loss.dice_weight}")
+    print(f"  loss          CE x{c.loss.ce_weight} + "
+          f"{decoder_class(c.decoder).describe_loss(c.decoder_config, c.loss)}")
     print()
     print(f"{'component':<22}{'parameters':>16}{'trainable':>16}")
     for name, row in counts.items():

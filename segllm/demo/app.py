@@ -14,22 +14,34 @@ Uploads are limited in bytes and pixels (PIL's decompression-bomb guard stays on
 is not an image gets a message, not a stack trace.
 
 The page logic is ``SegLLMDemo``: plain methods that the gradio events call, testable without a
-browser. Sessions live in this process (a key in the page's state points to them), the oldest
-dropped past ``max_sessions``.
+browser. Sessions live in this process (a key in the page's state points to them). What a
+visitor costs is bounded: an image is kept at most ``max_side`` pixels across (never less than
+the model's own inputs take; masks come back at the kept size), a chat idle for ``session_ttl``
+seconds or the least recently used one past ``max_sessions`` is dropped with every file it
+wrote, gradio's cache forgets files older than ``session_ttl`` (``Blocks(delete_cache=...)``),
+and a visitor whose chat was dropped is told it expired. ``segllm serve`` keeps everything it
+writes in one folder and removes it when it stops (Ctrl-C or SIGTERM), hands freed memory back
+to the system, and bounds how many pages' state gradio keeps.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import html
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +64,21 @@ HOW_TO = ("Ask a question (or click a suggestion). Click a round's overlay below
           "(`<ref:k>`); click two opposite corners on the image to draw a box, then "
           "**Insert region** (`<region>`).")
 
+MAX_SIDE = 1024
+"""Default for the longest side an image is kept at (SAM's input; CLIP's is smaller)."""
+
+SESSION_TTL_S = 1800.0
+"""Default for how long an idle chat is kept, in seconds."""
+
+NO_IMAGE = "Upload an image first."
+
+WORKER_THREADS = 8
+"""Threads gradio runs events on (its default is 40): events share the model one at a time per
+kind of event anyway, and every thread keeps memory of its own."""
+
+_CACHE_FOLDER = re.compile(r"[0-9a-f]{64}")
+"""How gradio names the folder of a cached file (its SHA-256)."""
+
 CSS = "#scenes img { image-rendering: pixelated; }"
 """The 64-pixel example scenes stay crisp when their thumbnails are enlarged."""
 
@@ -70,8 +97,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-file-mb", type=float, default=10.0, help="largest upload")
     parser.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image")
-    parser.add_argument("--max-sessions", type=int, default=32,
-                        help="chats kept in memory; the oldest is dropped past this")
+    parser.add_argument("--max-sessions", type=_positive(int), default=32,
+                        help="chats kept in memory; the least recently used is dropped past this")
+    parser.add_argument("--session-ttl", type=_positive(float), default=SESSION_TTL_S,
+                        help="seconds an idle chat (and gradio's copy of its files) is kept")
+    parser.add_argument("--max-side", type=_positive(int), default=MAX_SIDE,
+                        help="longest side, in pixels, an image is kept at (never below what "
+                        "the model takes)")
+    parser.add_argument("--workdir", default=None,
+                        help="where a folder for the chats' files and gradio's cache is made "
+                        "(removed at exit; default: the system's temp folder)")
     add_model_arguments(parser)
 
 
@@ -79,15 +114,53 @@ def run(args: argparse.Namespace) -> int:
     max_file_bytes = upload_limit_bytes(args.max_file_mb)
     try:
         pipeline = load_pipeline(args)
-    except FileNotFoundError as err:  # no --model and no shipped model: say so, no traceback
+        root = Path(tempfile.mkdtemp(prefix="segllm-serve-", dir=args.workdir))
+    except (FileNotFoundError, NotADirectoryError) as err:  # no model / no --workdir: no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # every file of this server in one folder: gradio reads its cache folder from the
+    # environment when its components are made (so before build)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
     demo = SegLLMDemo(pipeline, max_file_bytes=max_file_bytes, max_pixels=args.max_pixels,
-                      max_sessions=args.max_sessions)
-    blocks = demo.build()
-    blocks.queue(max_size=32).launch(server_name=args.host, server_port=args.port,
-                                     max_file_size=max_file_bytes, show_error=True, css=CSS)
+                      max_sessions=args.max_sessions, session_ttl=args.session_ttl,
+                      max_side=args.max_side, output_root=root / "chats",
+                      cache_dir=root / "gradio")
+    demo.start_sweeper()
+    previous = _stop_on_sigterm()
+    try:
+        blocks = demo.build()
+        # gradio keeps every page's state (here a key) until an hour after the page closes and
+        # a client without a page never closes: bound it so visitors cannot grow it for ever
+        blocks.queue(max_size=32).launch(server_name=args.host, server_port=args.port,
+                                         max_file_size=max_file_bytes, show_error=True, css=CSS,
+                                         state_session_capacity=state_capacity(args.max_sessions),
+                                         max_threads=WORKER_THREADS)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        demo.close()
+        shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _stop_on_sigterm():
+    """A service manager's stop (SIGTERM) ends the server as Ctrl-C does, so its folder is
+    removed; returns the handler it replaces."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _positive(kind):
+    """An argparse type: a number of ``kind`` above zero."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 def upload_limit_bytes(max_file_mb: float) -> int:
@@ -108,6 +181,12 @@ class _Chat:
     scale: int = 1  # preview pixels per image pixel
     corner: tuple[int, int] | None = None  # a box's first click, in image pixels
     box: list[int] | None = None  # the drawn box, [x, y, w, h] in image pixels
+    last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # events running on it: never dropped then
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.folder / "rounds"
 
 
 class SegLLMDemo:
@@ -117,23 +196,37 @@ class SegLLMDemo:
         pipeline: a ``SegLLMPipeline``.
         generation: decoding settings for every chat (default: the pipeline's).
         max_file_bytes, max_pixels: upload limits (checked before decoding).
+        max_sessions: chats kept; past it the least recently used is dropped.
+        session_ttl: seconds a chat is kept without activity (and gradio's cached files).
+        max_side: the longest side an image is kept at, raised to what the model's inputs take.
         output_root: where each chat's masks and overlays are written (a temp dir by default).
+        cache_dir: gradio's cache folder when it is this server's own (empty folders that
+            gradio leaves there are removed); None leaves gradio's folder alone.
         scenes_dir: example scenes (``scenes.jsonl`` + images); the bundled ones by default.
     """
 
     def __init__(self, pipeline, generation=None, max_file_bytes: int = 10 * 2**20,
                  max_pixels: int = 25_000_000, max_sessions: int = 32,
-                 output_root: str | Path | None = None, scenes_dir: str | Path = SCENES_DIR):
+                 session_ttl: float = SESSION_TTL_S, max_side: int = MAX_SIDE,
+                 output_root: str | Path | None = None, cache_dir: str | Path | None = None,
+                 scenes_dir: str | Path = SCENES_DIR):
         from segllm.images import ImageLimits
 
         self.pipeline = pipeline
         self.generation = generation
         self.limits = ImageLimits(max_pixels=max_pixels, max_file_bytes=max_file_bytes,
                                   max_model_side=pipeline.limits.max_model_side)
+        self._owns_root = output_root is None  # a temp folder of its own: removed by close()
         self.output_root = Path(output_root or tempfile.mkdtemp(prefix="segllm-demo-"))
+        self.output_root.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_sessions = max_sessions
+        self.session_ttl = session_ttl
+        self.max_side = max(max_side, model_input_side(pipeline))
         self._chats: OrderedDict[str, _Chat] = OrderedDict()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.scenes_dir = Path(scenes_dir)
         self.scenes = read_scenes(self.scenes_dir)
 
@@ -151,8 +244,7 @@ class SegLLMDemo:
             image = load_image(path, orientation="exif", limits=self.limits)
         except ImageError as err:
             return _refused_image(err)
-        return self._open(image, orientation="exif",
-                          loaded=f"Image loaded ({image.width}x{image.height})")
+        return self._open(image, orientation="exif", loaded="Image loaded")
 
     def load_scene(self, index: int, key: str | None) -> Outputs:
         """An example scene clicked: like ``upload``, its questions offered as suggestions."""
@@ -162,24 +254,26 @@ class SegLLMDemo:
         scene = self.scenes[index]
         image = load_image(self.scenes_dir / scene["image"], orientation="stored",
                            limits=self.limits)
-        return self._open(image, orientation="stored", scene=scene,
-                          loaded=f"Scene {index} loaded ({image.width}x{image.height})")
+        return self._open(image, orientation="stored", scene=scene, loaded=f"Scene {index} loaded")
 
     def ask(self, question: str, key: str | None) -> Outputs:
         """A question: (chat, gallery, download, status, question box, suggestions)."""
+        with self._using(key) as chat:
+            if chat is None:
+                return [], [], None, self._missing(key), question, []
+            return self._ask(chat, question)
+
+    def _ask(self, chat: _Chat, question: str) -> Outputs:
         from segllm.pipeline import InputError
 
-        chat = self._chat(key)
-        if chat is None:
-            return [], [], None, "Upload an image first.", question, []
         # the drawn box goes in only when the question asks for it (no note about an unused box)
         regions = [chat.box] if chat.box and REGION_PATTERN.search(question) else None
         try:
             reply = chat.session.ask(question, regions=regions)
         except InputError as err:
             return (chat.messages, chat.overlays, self._zip(chat),
-                    f"**Refused:** {html.escape(str(err))}", question, self.suggestions(key))
-        round_dir = save_round(chat.folder, chat.session.image, reply)
+                    f"**Refused:** {html.escape(str(err))}", question, self._suggest(chat))
+        round_dir = save_round(chat.rounds_dir, chat.session.image, reply)
         if regions:  # the round's overlay shows the box its question used
             _mark_overlay(round_dir / "overlay.png", box=chat.box,
                           width=chat.session.image.width)
@@ -189,31 +283,33 @@ class SegLLMDemo:
                           {"role": "assistant", "content": _shown(reply.text or "(no text)")}]
         notes = "".join(f" Note: {html.escape(n)}." for n in reply.warnings)
         status = f"Round {reply.round}: {len(reply.masks)} mask(s).{_scene_note(chat, reply)}{notes}"
-        return chat.messages, chat.overlays, self._zip(chat), status, "", self.suggestions(key)
+        return chat.messages, chat.overlays, self._zip(chat), status, "", self._suggest(chat)
 
     def undo(self, key: str | None) -> Outputs:
         """Undo the last round: (chat, gallery, download, status, suggestions)."""
         from segllm.pipeline import InputError
 
-        chat = self._chat(key)
-        if chat is None:
-            return [], [], None, "Upload an image first.", []
-        try:
-            reply = chat.session.undo()
-        except InputError as err:
-            return (chat.messages, chat.overlays, self._zip(chat), f"**Refused:** {err}",
-                    self.suggestions(key))
-        shutil.rmtree(chat.folder / f"round_{reply.round:02d}", ignore_errors=True)
-        chat.overlays.pop()
-        del chat.messages[-2:]
-        return (chat.messages, chat.overlays, self._zip(chat), f"Undid round {reply.round}.",
-                self.suggestions(key))
+        with self._using(key) as chat:
+            if chat is None:
+                return [], [], None, self._missing(key), []
+            try:
+                reply = chat.session.undo()
+            except InputError as err:
+                return (chat.messages, chat.overlays, self._zip(chat), f"**Refused:** {err}",
+                        self._suggest(chat))
+            shutil.rmtree(chat.rounds_dir / f"round_{reply.round:02d}", ignore_errors=True)
+            chat.overlays.pop()
+            del chat.messages[-2:]
+            return (chat.messages, chat.overlays, self._zip(chat), f"Undid round {reply.round}.",
+                    self._suggest(chat))
 
     def suggestions(self, key: str | None) -> list[str]:
         """Questions to offer: an example scene's next question while the chat follows the
         scene (so its ``<ref:k>`` mean what the scene means), then its questions that refer
         to no round."""
-        chat = self._chat(key)
+        return self._suggest(self._chats.get(key) if key else None)
+
+    def _suggest(self, chat: _Chat | None) -> list[str]:
         if chat is None or chat.scene is None:
             return []
         questions = [rnd["question"] for rnd in chat.scene["rounds"]]
@@ -227,10 +323,10 @@ class SegLLMDemo:
               key: str | None) -> Outputs:
         """Round ``index``'s overlay clicked: ``<ref:index>`` into the question at the cursor:
         (question box, status)."""
-        chat = self._chat(key)
-        if chat is None:
-            return question, "Upload an image first."
-        history = chat.session.history
+        with self._using(key) as chat:
+            if chat is None:
+                return question, self._missing(key)
+            history = chat.session.history
         if not 0 <= index < len(history):
             return question, f"There is no round {index}."
         if not any(mask.any() for mask in history[index].masks):
@@ -241,9 +337,12 @@ class SegLLMDemo:
     def click_image(self, x: int, y: int, key: str | None) -> Outputs:
         """A click on the shown image at (x, y): a box's first corner, then the opposite one
         (a third click starts a new box): (preview, status)."""
-        chat = self._chat(key)
-        if chat is None:
-            return None, "Upload an image first."
+        with self._using(key) as chat:
+            if chat is None:
+                return None, self._missing(key)
+            return self._click(chat, x, y)
+
+    def _click(self, chat: _Chat, x: int, y: int) -> Outputs:
         width, height = chat.session.image.size
         point = (min(max(int(x) // chat.scale, 0), width - 1),
                  min(max(int(y) // chat.scale, 0), height - 1))
@@ -258,9 +357,9 @@ class SegLLMDemo:
 
     def insert_region(self, question: str, cursor: float | None, key: str | None) -> Outputs:
         """``<region>`` (the drawn box) into the question at the cursor: (question box, status)."""
-        chat = self._chat(key)
-        if chat is None:
-            return question, "Upload an image first."
+        with self._using(key) as chat:
+            if chat is None:
+                return question, self._missing(key)
         if chat.box is None:
             return question, "Draw a box first: click two opposite corners on the image."
         return (insert_tag(question, "<region>", cursor=cursor),
@@ -268,11 +367,11 @@ class SegLLMDemo:
 
     def clear_box(self, key: str | None) -> Outputs:
         """Forget the drawn box: (preview, status)."""
-        chat = self._chat(key)
-        if chat is None:
-            return None, "Upload an image first."
-        chat.corner = chat.box = None
-        return self._preview(chat), "Box cleared."
+        with self._using(key) as chat:
+            if chat is None:
+                return None, self._missing(key)
+            chat.corner = chat.box = None
+            return self._preview(chat), "Box cleared."
 
     # -- the page -----------------------------------------------------------------------------
 
@@ -283,9 +382,15 @@ class SegLLMDemo:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
 
-        with gr.Blocks(title="SegLLM", analytics_enabled=False) as blocks:
+        # the bundled scenes are served from where they are, not copied into gradio's cache
+        # (where an upload of the same picture would share, and so expire, their copy)
+        gr.set_static_paths([self.scenes_dir])
+
+        with gr.Blocks(title="SegLLM", analytics_enabled=False,
+                       delete_cache=self.cache_schedule()) as blocks:
             gr.Markdown("## SegLLM: multi-round reasoning segmentation")
-            key = gr.State(None)
+            # gradio deletes a closed page's state (an hour after): its chat goes with it
+            key = gr.State(None, delete_callback=self._drop)
             cursor = gr.Number(None, visible=False, precision=0)  # filled in by CURSOR_JS
             with gr.Row():
                 with gr.Column(scale=1):
@@ -330,14 +435,18 @@ class SegLLMDemo:
                 shown += [gr.Button(visible=False) for _ in range(SUGGESTIONS - len(questions))]
                 return *rest, gr.Markdown(visible=bool(questions)), *shown
 
+            # api names: what gradio_client (and the load test) call
             opened = [key, preview, chatbot, gallery, download, status, *suggestions]
-            scenes.click(lambda i, k: offered(self.load_scene(i, k)), [scenes, key], opened)
-            upload.upload(lambda path, k: offered(self.upload(path, k)), [upload, key], opened)
-            for trigger in (send.click, question.submit):
+            scenes.click(lambda i, k: offered(self.load_scene(i, k)), [scenes, key], opened,
+                         api_name="load_scene")
+            upload.upload(lambda path, k: offered(self.upload(path, k)), [upload, key], opened,
+                          api_name="upload")
+            for trigger, name in ((send.click, "ask"), (question.submit, "ask_on_enter")):
                 trigger(lambda q, k: offered(self.ask(q, k)), [question, key],
-                        [chatbot, gallery, download, status, question, *suggestions])
+                        [chatbot, gallery, download, status, question, *suggestions],
+                        api_name=name)
             undo.click(lambda k: offered(self.undo(k)), [key],
-                       [chatbot, gallery, download, status, *suggestions])
+                       [chatbot, gallery, download, status, *suggestions], api_name="undo")
             for offer in offers:
                 offer.click(lambda text: text, [offer], [question])
             gallery.select(_on_select(gr, self.refer), [question, cursor, key],
@@ -353,10 +462,109 @@ class SegLLMDemo:
         """The example scenes' image paths, one sample each."""
         return [[str(self.scenes_dir / scene["image"])] for scene in self.scenes]
 
+    # -- what a visitor may cost --------------------------------------------------------------
+
+    def cache_schedule(self) -> tuple[int, int]:
+        """gradio's ``delete_cache`` (frequency, age) in whole seconds: its copies of uploads,
+        overlays and zips live as long as an idle chat."""
+        age = max(1, round(self.session_ttl))
+        return max(1, min(age // 4, 600)), age
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Drop the chats idle for more than ``session_ttl`` (not those an event is using);
+        returns how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [key for key, chat in self._chats.items()
+                    if not chat.busy and now - chat.last_used > self.session_ttl]
+            dropped = [self._chats.pop(key) for key in idle]
+        for chat in dropped:
+            shutil.rmtree(chat.folder, ignore_errors=True)
+        return len(dropped)
+
+    def prune_cache(self, now: float | None = None) -> int:
+        """Remove what gradio's cache deletion leaves behind once it is older than one deletion
+        period: the empty folder (named by the file's SHA-256) of every file it ever cached,
+        and the empty ``tmp*`` file its upload parser leaves per upload (gradio 6); nothing
+        else. Only in a cache folder this demo owns."""
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return 0
+        cutoff = (time.time() if now is None else now) - self.cache_schedule()[0]
+        removed = 0
+        for entry in self.cache_dir.iterdir():
+            try:
+                info = entry.lstat()
+                if info.st_mtime >= cutoff:
+                    continue
+                if entry.is_dir() and _CACHE_FOLDER.fullmatch(entry.name):
+                    entry.rmdir()  # only when empty: refuses otherwise
+                elif entry.name.startswith("tmp") and entry.is_file() and info.st_size == 0:
+                    entry.unlink()
+                else:
+                    continue
+                removed += 1
+            except OSError:
+                continue
+        return removed
+
+    def start_sweeper(self, period: float | None = None) -> None:
+        """Expire idle chats, prune the cache and hand freed memory back every ``period``
+        seconds (a quarter of the time to live, at most a minute, by default) in a daemon
+        thread, until ``close``."""
+        period = period or max(0.5, min(self.session_ttl / 4, 60.0))
+
+        def sweep():
+            while not self._stop.wait(period):
+                self.expire_idle()
+                self.prune_cache()
+                release_freed_memory()  # dropped chats, events' temporaries (a few ms)
+
+        self._sweeper = threading.Thread(target=sweep, name="segllm-demo-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def close(self) -> None:
+        """Stop the sweeper and drop every chat with its files (and the output folder when
+        the demo made it)."""
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        with self._lock:
+            chats = list(self._chats.values())
+            self._chats.clear()
+        for chat in chats:
+            shutil.rmtree(chat.folder, ignore_errors=True)
+        if self._owns_root:
+            shutil.rmtree(self.output_root, ignore_errors=True)
+
     # -- helpers -------------------------------------------------------------------------------
 
-    def _chat(self, key: str | None) -> _Chat | None:
-        return self._chats.get(key) if key else None
+    @contextmanager
+    def _using(self, key: str | None):
+        """The chat of ``key`` (None when there is none), kept from expiry and eviction while
+        the event runs, and marked as the most recently used."""
+        self.expire_idle()
+        with self._lock:
+            chat = self._chats.get(key) if key else None
+            if chat is not None:
+                chat.busy += 1
+                self._chats.move_to_end(key)
+        try:
+            yield chat
+        finally:
+            if chat is not None:
+                with self._lock:
+                    chat.busy -= 1
+                    chat.last_used = time.monotonic()
+
+    def _missing(self, key: str | None) -> str:
+        """Why an event has no chat: none started, or it was dropped."""
+        if not key:
+            return NO_IMAGE
+        minutes = self.session_ttl / 60
+        kept = f"{minutes:.0f} minutes" if minutes >= 1 else f"{self.session_ttl:.0f} seconds"
+        return (f"**Your chat expired** and its rounds are gone: the server keeps a chat for "
+                f"{kept} without activity and at most {self.max_sessions} chats at a time. "
+                "Upload the image again or click an example scene to start over.")
 
     def _open(self, image, *, orientation: str, loaded: str, scene: dict | None = None
               ) -> Outputs:
@@ -364,8 +572,12 @@ class SegLLMDemo:
         suggestions)."""
         from segllm.images import ImageError
 
+        kept = fit_within(image, self.max_side)
+        size = f"{image.width}x{image.height}"
+        if kept is not image:
+            size += f", kept at {kept.width}x{kept.height}"
         try:
-            session = self.pipeline.start(image, generation=self.generation,
+            session = self.pipeline.start(kept, generation=self.generation,
                                           orientation=orientation)
         except ImageError as err:
             return _refused_image(err)
@@ -375,8 +587,8 @@ class SegLLMDemo:
         chat = _Chat(session=session, folder=folder, scene=scene,
                      scale=_preview_scale(*session.image.size))
         self._remember(key, chat)
-        return (key, self._preview(chat), [], [], None, f"{loaded}. {HOW_TO}",
-                self.suggestions(key))
+        return (key, self._preview(chat), [], [], None, f"{loaded} ({size}). {HOW_TO}",
+                self._suggest(chat))
 
     def _preview(self, chat: _Chat):
         """The image as shown: small ones enlarged (whole factors, so a click maps back to one
@@ -394,11 +606,15 @@ class SegLLMDemo:
         return shown
 
     def _remember(self, key: str, chat: _Chat) -> None:
+        """Keep a new chat; past ``max_sessions`` the least recently used idle ones go."""
+        self.expire_idle()
         with self._lock:
             self._chats[key] = chat
-            while len(self._chats) > self.max_sessions:
-                _, old = self._chats.popitem(last=False)
-                shutil.rmtree(old.folder, ignore_errors=True)
+            idle = [k for k, c in self._chats.items() if not c.busy and k != key]
+            evicted = [self._chats.pop(k) for k in idle[:max(0, len(self._chats)
+                                                             - self.max_sessions)]]
+        for old in evicted:
+            shutil.rmtree(old.folder, ignore_errors=True)
 
     def _drop(self, key: str | None) -> None:
         with self._lock:
@@ -407,11 +623,53 @@ class SegLLMDemo:
             shutil.rmtree(chat.folder, ignore_errors=True)
 
     def _zip(self, chat: _Chat) -> str | None:
-        """Every round's files in one zip (None before the first round)."""
+        """Every round's files in one zip inside the chat's folder, so it goes with the chat
+        (None before the first round). Written whole, then renamed over the last one."""
         if not chat.overlays:
             return None
-        target = chat.folder.parent / f"{chat.folder.name}-masks"
-        return shutil.make_archive(str(target), "zip", root_dir=chat.folder)
+        target = chat.folder / "segllm-masks.zip"
+        partial = shutil.make_archive(str(chat.folder / ".segllm-masks"), "zip",
+                                      root_dir=chat.rounds_dir)
+        os.replace(partial, target)
+        return str(target)
+
+
+def state_capacity(max_sessions: int) -> int:
+    """How many pages' state gradio keeps (the least recently active go first): well above
+    the chats kept, so a live chat's page keeps its key."""
+    return max(256, 8 * max_sessions)
+
+
+def release_freed_memory() -> None:
+    """Hand the memory of dropped chats back to the system. glibc keeps what a thread freed in
+    that thread's arena, and gradio runs events on many threads, so without this the server
+    grew by ~100 MB per 50 requests even with every chat gone (tests/demo/test_serve_load.py).
+    Nothing to do where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def model_input_side(pipeline) -> int:
+    """The longest side the model's inputs take (CLIP's square, the mask decoder's input): an
+    image kept at this size gives the model every pixel it would use."""
+    cfg = pipeline.config
+    decoder_side = max(pipeline.model.decoder.resized_size(1, 1, cfg.decoder_config))
+    return max(cfg.vision.image_size, decoder_side)
+
+
+def fit_within(image, side: int):
+    """``image`` scaled down (aspect kept) so its longest side is at most ``side``; the same
+    object when it already fits."""
+    from PIL import Image
+
+    scale = side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def _shown(text: str) -> str:

@@ -117,6 +117,16 @@ class ChatSession:
         outcome = self.pipeline.run_jobs([job])[0]
         return self.commit(job, outcome)
 
+    def decode_states(self, states: Sequence[torch.Tensor]) -> tuple[list[np.ndarray], list[float]]:
+        """Masks and scores of ``[SEG]`` states (from any session of this pipeline) on this
+        session's image; the session does not change. Video propagation re-prompts the
+        decoder on every frame this way (``segllm.video.propagation``)."""
+        features = (self._decoder_features if self._decoder_features is not None
+                    else self._encode_for_decoder())
+        return self.pipeline.decode_masks(list(states), features=features,
+                                          input_size=self._decoder_input_size,
+                                          original_size=self.size)
+
     def undo(self) -> Reply:
         """Forget the last round (its tokens, cache entries and masks); returns its reply."""
         if not self._rounds:

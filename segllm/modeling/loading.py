@@ -12,8 +12,13 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message names the file and the keys."""
 
 
-def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``torch.save``d state dict safely (``weights_only=True``), onto the CPU."""
+def read_torch_state_dict(path: str | Path, wrappers: tuple[str, ...] = ("state_dict",)
+                          ) -> dict[str, torch.Tensor]:
+    """Read a ``torch.save``d state dict safely (``weights_only=True``), onto the CPU.
+
+    ``wrappers``: keys under which a training framework nests the state dict (Lightning's
+    ``state_dict``, detectron2's ``model``); the first one present is unwrapped.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -21,10 +26,13 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor payloads
         raise CheckpointError(f"{path}: cannot be read as a weights-only state dict ({err})") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in wrappers:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
+        nested = f" (or one nested under {', '.join(map(repr, wrappers))})" if wrappers else ""
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors{nested}")
     return state
 
 

@@ -14,9 +14,6 @@ Shapes: H is the LLM's hidden size, MH x MW a mask's height and width (the image
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from ..config import SegLLMConfig
+from ..files import atomic_directory
 from ..tokenizer import add_segllm_tokens, build_tiny_tokenizer
 from .decoders import build_decoder, decoder_class
 from .llava import build_llava_config, cls_tokens, image_tokens, load_llava, sizes_from_llava_config
@@ -48,6 +46,8 @@ class SegLLMOutput:
     mask_scores: list[torch.Tensor]  # per sample [n_i] predicted IoU
     mask_rounds: list[torch.Tensor] | None  # per sample [n_i] round of each mask (with round_ids)
     seg_embeddings: list[torch.Tensor] = field(default_factory=list)  # per sample [n_i, T, P]
+    # per sample, what the decoder's training loss needs (MaskDecoder.decode_for_training)
+    decoder_extras: list = field(default_factory=list)
 
     @property
     def num_masks(self) -> int:
@@ -235,15 +235,21 @@ class SegLLMModel(nn.Module):
 
     def decode_masks(self, hidden: torch.Tensor, image_features: torch.Tensor,
                      input_size: tuple[int, int], original_size: tuple[int, int],
-                     ref_masks: torch.Tensor | None = None):
+                     ref_masks: torch.Tensor | None = None, extras: list | None = None):
         """[S, H] [SEG] states of one image -> (mask logits [S, MH, MW], scores [S], prompts).
 
         ``ref_masks`` [S, MH, MW]: for mask-aware decoding, the union of the masks each [SEG]'s
         question references (all zero where it references none); ignored otherwise.
+        ``extras``: a list to append what the decoder's training loss needs of this image.
         """
         prompts = self.seg_head(hidden)
-        logits, scores = self.decoder.decode(image_features, prompts, input_size, original_size,
-                                             ref_masks=ref_masks)
+        if extras is None:
+            logits, scores = self.decoder.decode(image_features, prompts, input_size,
+                                                 original_size, ref_masks=ref_masks)
+        else:
+            logits, scores, extra = self.decoder.decode_for_training(
+                image_features, prompts, input_size, original_size, ref_masks=ref_masks)
+            extras.append(extra)
         return logits, scores, prompts
 
     def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -284,7 +290,7 @@ class SegLLMModel(nn.Module):
         logits = self.llava.lm_head(hidden)
         rows, cols = self.seg_positions(input_ids)
         features = self.encode_images_for_decoder(decoder_pixel_values)
-        mask_logits, scores, prompts, rounds = [], [], [], []
+        mask_logits, scores, prompts, rounds, extras = [], [], [], [], []
         for i in range(input_ids.shape[0]):
             sel = rows == i
             refs = seg_ref_masks[i] if seg_ref_masks is not None else None
@@ -294,7 +300,7 @@ class SegLLMModel(nn.Module):
                                  f"{refs.shape[0]} reference mask(s) for them")
             lg, sc, pr = self.decode_masks(hidden[i, cols[sel]], features[i:i + 1],
                                            decoder_input_sizes[i], original_sizes[i],
-                                           ref_masks=refs)
+                                           ref_masks=refs, extras=extras)
             mask_logits.append(lg)
             scores.append(sc)
             prompts.append(pr)
@@ -303,7 +309,7 @@ class SegLLMModel(nn.Module):
         return SegLLMOutput(logits=logits, hidden_states=hidden, image_features=features,
                             mask_logits=mask_logits, mask_scores=scores,
                             mask_rounds=rounds if round_ids is not None else None,
-                            seg_embeddings=prompts)
+                            seg_embeddings=prompts, decoder_extras=extras)
 
     # -- construction and weights ------------------------------------------------------------
 
@@ -355,22 +361,17 @@ class SegLLMModel(nn.Module):
         return model
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write config, weights (safetensors) and tokenizer; atomically (temp dir, then rename)."""
+        """Write config, weights (safetensors) and tokenizer; atomically (a temporary sibling
+        folder swapped in whole), with the usual 0755 / 0644 permissions."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             self.config.save(tmp / CONFIG_NAME)
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "segllm": "1"})
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -426,15 +427,4 @@ def _read_decoder_checkpoint(config: SegLLMConfig, path: str | Path | None
 
 def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` with as small a window as possible."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 

@@ -107,6 +107,11 @@ def coco():
     anns[5]["segmentation"] = [rect(60, 40, 4, 8)]  # box says 20x20: beyond the image
     _write("coco/instances_train2017.json", {"info": {}, "licenses": [], "images": images,
                                               "annotations": anns, "categories": COCO_CATS})
+    # COCO-2017 val holds image 300, a RefCOCO *training* image (the reverse leakage rule)
+    val = coco_image(300, "val2017")
+    _write("coco/instances_val2017.json", {"info": {}, "licenses": [], "images": [val],
+                                            "annotations": [coco_ann(41, 300, 44, 5, 5, 10, 10)],
+                                            "categories": COCO_CATS})
 
 
 def lvis():
@@ -143,21 +148,77 @@ def paco():
                                              "categories": cats, "attributes": []})
 
 
+PPP_CLASSES = (
+    "aeroplane bicycle bird boat bottle bus car cat chair cow table dog horse motorbike person "
+    "pottedplant sheep sofa train tvmonitor bag basket bed bedclothes bench bird_cage board book "
+    "bowl box bridge brush bucket building cabinet cage case ceiling cloth computer counter cup "
+    "curtain cushion door fence fire_place floor flower food fridge grandstand grass ground "
+    "horse-drawn_carriage keyboard laptop light mat metal mirror mountain mouse pack paper picture "
+    "pillow plant plate platform pole poster pot road rock rope rug sand sculpture shelves sidewalk "
+    "sign sink sky smoke snow speaker stage stair tent toy track tree truck wall water window "
+    "wineglass wood").split()
+PPP_CLASSES = [c.replace("_", " ") for c in PPP_CLASSES]
+PPP_PARTS = {
+    "aeroplane": "body stern lwing rwing tail engine wheel",
+    "bottle": "cap body",
+    "person": "head leye reye lear rear lebrow rebrow nose mouth hair torso neck llarm luarm lhand "
+              "rlarm ruarm rhand llleg luleg lfoot rlleg ruleg rfoot",
+    "tvmonitor": "screen frame",
+}
+
+
+def _flow(items) -> str:
+    return ", ".join(items)
+
+
 def pascal_parts():
-    """A person (sid 15, instance 1) with head (pid 1) and torso (pid 2), a second person with
-    no parts, sky (sid 84, semantic only) and an unlabelled-part pixel block (pid 0)."""
+    """The toolkit's two spec layouts: ``ppp_datasetspec.yaml`` (v2.0: sids and pids by the
+    order of ``scene_class2part_classes``, countable part pids folded by
+    ``countable_pids_groupings``) and ``ppp_100_72.yaml`` (v1.0: ``sid2name`` +
+    ``sid2pids_groups``, unnamed groups of file pids), plus a named ``part_groupings`` file.
+    Label map: a person (sid 15, instance 1) with raw PASCAL-Part pids head 1, left eye 2,
+    torso 11, neck 12 and unlabelled part pixels (pid 0); a second person with no parts; an
+    aeroplane (sid 1) with its body (pid 1) and two engines stored as countable pids 7 and 8
+    (both the part "engine", pid 6); sky (sid 84, semantic only)."""
     uid = np.zeros((H, W), dtype=np.int32)
     uid[:10, :] = 84
-    uid[10:20, 5:15] = 15_001_01
-    uid[20:40, 5:15] = 15_001_02
+    uid[10:16, 5:15] = 15_001_01
+    uid[16:18, 5:15] = 15_001_02
+    uid[18:20, 5:15] = 15_001_12
+    uid[20:40, 5:15] = 15_001_11
     uid[40:44, 5:15] = 15_001_00
     uid[12:40, 40:52] = 15_002
+    uid[20:30, 20:34] = 1_001_01
+    uid[30:34, 20:26] = 1_001_07
+    uid[30:34, 28:34] = 1_001_08
     path = os.path.join(HERE, "pascal_parts/labels/training/2008_000001.tif")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(uid).save(path)
-    _write("pascal_parts/ppp_spec.yaml",
-           "version: 1.0\nsid2name: {15: person, 84: sky, -1: unlabeled}\n"
-           "scene_class2part_classes: {person: [head, torso, arm, leg], sky: []}\n")
+    classes = "\n".join(f"  {c}: [{_flow(PPP_PARTS.get(c, '').split())}]," for c in PPP_CLASSES)
+    things = _flow(PPP_CLASSES[:20])
+    _write("pascal_parts/ppp_datasetspec.yaml",
+           "version: '2.0'\nname: PASCAL Panoptic Parts\n"
+           f"scene_class2part_classes: {{\n{classes}\n}}\n"
+           f"scene_classes_with_instances: [\n  {things}]\n"
+           "countable_pids_groupings: {\n  aeroplane: {\n"
+           f"    engine: [{_flow(str(p) for p in range(6, 16))}],\n"
+           f"    wheel: [{_flow(str(p) for p in range(16, 26))}],\n  }},\n}}\n")
+    sid2name = _flow(f"{i}: {c}" for i, c in enumerate(PPP_CLASSES, start=1))
+    _write("pascal_parts/ppp_100_72.yaml",
+           "version: 1.0\ncomments:\n  - grouped parts\n"
+           f"valid_sids: [{_flow(str(i) for i in range(1, 100))}]\nmax_sid: 99\n"
+           f"sid2name: {{{sid2name}, -1: unlabeled}}\n"
+           "sid2pids_groups: {\n"
+           "  1: [[1], [2], [3, 4], [5], [6, 7, 8, 9, 10, 11, 12, 13, 14, 15], "
+           "[16, 17, 18, 19, 20, 21, 22, 23, 24, 25]],\n"
+           "  15: [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12], [11], [13, 15, 16, 18], [14, 17], "
+           "[19, 21, 22, 24], [20, 23]],\n"
+           "  20: [[1]]}\n")
+    _write("pascal_parts/part_groupings.yaml",
+           "version: 2.0\ndataset_spec_path: ppp_datasetspec.yaml\npart_groupings: {\n"
+           "  aeroplane: {\n    body: [body],\n    engine: [engine],\n    wing: [lwing, rwing],\n  },\n"
+           "  person: {\n    head: [head, leye, reye, lear, rear, lebrow, rebrow, nose, mouth, hair],\n"
+           "    torso: [torso, neck],\n  },\n}\n")
 
 
 def visual_genome():
@@ -274,6 +335,28 @@ def grandf():
                    "tokens_positive": [[21, 26]], "sam_mask": _rle(0, 30, 64, 18)}],
               "categories": [{"id": 1, "name": "object"}]}
     _write("grandf/flickr_mergedGT_GCG_train.json", flickr)
+    gcg_eval()
+
+
+def gcg_eval():
+    """GLaMM's official GCG evaluation pair (annotations/val_test/): COCO instances with one RLE
+    per phrase (category 1) and COCO captions whose annotation holds the caption and its
+    ``labels``; the i-th label goes with the image's i-th mask. Image ids are SA-1B stems."""
+    items = [("sa_10010541", "A man in a red shirt holds a bag.", [("A man in a red shirt", (2, 2, 20, 40)),
+                                                                   ("a bag", (40, 20, 10, 10))]),
+             ("sa_10014079", "Two dogs play on the grass.", [("Two dogs", (2, 2, 30, 10)),
+                                                             ("the grass", (0, 30, 64, 18))])]
+    images = [{"id": stem, "file_name": f"{stem}.jpg", "height": H, "width": W} for stem, _, _ in items]
+    masks, captions = [], []
+    for stem, caption, phrases in items:
+        captions.append({"id": len(captions) + 1, "image_id": stem, "caption": caption,
+                         "labels": [label for label, _ in phrases]})
+        for _, (x, y, w, h) in phrases:
+            masks.append({"id": len(masks) + 1, "image_id": stem, "category_id": 1, "segmentation": _rle(x, y, w, h),
+                          "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+    _write("grandf/val_test/val_gcg_coco_mask_gt.json",
+           {"images": images, "annotations": masks, "categories": [{"id": 1, "name": "object"}]})
+    _write("grandf/val_test/val_gcg_coco_caption_gt.json", {"images": images, "annotations": captions})
 
 
 if __name__ == "__main__":

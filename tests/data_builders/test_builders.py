@@ -26,14 +26,15 @@ from segllm.records import read_jsonl
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 REFS = os.path.join(FIX, "refcoco", "refs(unc).p")
+VAL2017 = os.path.join(FIX, "coco", "instances_val2017.json")
 
 
 def fx(*parts):
     return os.path.join(FIX, *parts)
 
 
-def build(builder, tmp_path, name="out.jsonl"):
-    stats = builder.build(tmp_path / name)
+def build(builder, tmp_path, name="out.jsonl", allow_empty=False):
+    stats = builder.build(tmp_path / name, allow_empty=allow_empty)
     return list(read_jsonl(tmp_path / name, kind=builder.kind)), stats
 
 
@@ -127,18 +128,87 @@ def test_paco_parts_belong_to_their_object(tmp_path):
                 assert not (decode_rle(t["rle"]) & ~mug).any()
 
 
+PPP = fx("pascal_parts")
+PPP_AREAS = {"head": {60}, "left eye": {20}, "neck": {20}, "torso": {200}, "body": {140}, "engine": {48},
+             "person": {340, 336}, "aeroplane": {188}}
+
+
+def _ppp_targets(records):
+    return [t for r in records for rnd in r["rounds"] for t in rnd["targets"]]
+
+
 def test_pascal_parts_decoding_and_rounds(tmp_path):
     sid, iid, pid = decode_uids(np.array([84, 15002, 1500101, 1500100]))
     assert sid.tolist() == [84, 15, 15, 15] and iid.tolist() == [-1, 2, 1, 1] and pid.tolist() == [-1, -1, 1, 0]
-    builder = PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_spec.yaml"),
+    builder = PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_datasetspec.yaml"),
                                  image_prefix="VOC2010/JPEGImages", rounds=4, seed=0)
     records, _ = build(builder, tmp_path)
     record = records[0]
     assert record["image"] == "VOC2010/JPEGImages/2008_000001.jpg" and (record["height"], record["width"]) == (48, 64)
-    labels = {t["label"] for rnd in record["rounds"] for t in rnd["targets"]}
-    assert labels <= {"person", "head", "torso"} and labels & {"head", "torso"}
-    person = next(t for rnd in record["rounds"] for t in rnd["targets"] if t["bbox"][0] == 5.0 and t["label"] == "person")
+    person = next(t for t in _ppp_targets(records) if t["bbox"][0] == 5.0 and t["label"] == "person")
     assert person["bbox"] == [5.0, 10.0, 10.0, 34.0]  # the whole includes its unlabelled-part pixels
+
+
+def test_pascal_parts_dataset_spec_ids_by_order_and_countable_pids_folded(tmp_path):
+    """ppp_datasetspec.yaml: sid 1 is aeroplane, 15 person (order of scene_class2part_classes);
+    aeroplane file pids 7 and 8 are both its 6th part, the engine (countable_pids_groupings)."""
+    builder = PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_datasetspec.yaml"))
+    spec = builder.spec
+    assert spec.sid2name[1] == "aeroplane" and spec.sid2name[15] == "person" and spec.sid2name[84] == "sky"
+    assert [spec.part_name(1, p) for p in (1, 6, 7, 15, 16)] == ["body", "engine", "engine", "engine", "wheel"]
+    assert [spec.part_name(15, p) for p in (1, 2, 11, 12, 20)] == ["head", "left eye", "torso", "neck",
+                                                                   "left upper leg"]
+    labels = set()
+    for seed in range(6):
+        records, stats = build(PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_datasetspec.yaml"),
+                                                  rounds=8, seed=seed), tmp_path)
+        assert len(records) == 1 and not stats.skipped
+        for t in _ppp_targets(records):
+            assert decode_rle(t["rle"]).sum() in PPP_AREAS[t["label"]]  # both engines in one mask
+            labels.add(t["label"])
+    assert labels >= {"person", "aeroplane"} and labels & {"head", "left eye", "neck", "torso", "body", "engine"}
+
+
+@pytest.mark.parametrize("grouping", ["ppp_100_72.yaml", "part_groupings.yaml"])
+def test_pascal_parts_groupings_merge_pascal_part_ids(tmp_path, grouping):
+    """ppp_100_72.yaml's sid2pids_groups put person pids 1-10 and 12 into one part (the head);
+    the named part_groupings put the neck with the torso instead."""
+    builder = PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_datasetspec.yaml"),
+                                 fx("pascal_parts", grouping), rounds=8, seed=0)
+    head = 100 if grouping == "ppp_100_72.yaml" else 80
+    areas = dict(PPP_AREAS, head={head}, torso={300 - head})
+    assert builder.spec.part_name(15, 12) == ("head" if grouping == "ppp_100_72.yaml" else "torso")
+    assert builder.spec.part_name(15, 2) == "head" and builder.spec.part_name(1, 3) == "wing"
+    seen = set()
+    for seed in range(6):
+        builder.seed = seed
+        records, stats = build(builder, tmp_path)
+        assert len(records) == 1 and not stats.skipped
+        for t in _ppp_targets(records):
+            assert t["label"] in areas and decode_rle(t["rle"]).sum() in areas[t["label"]]
+            seen.add(t["label"])
+    assert seen & {"head", "torso"}
+
+
+def test_pascal_parts_unnamed_groups_get_the_name_their_parts_share():
+    from segllm.data_builders.pascal_parts import group_name, part_words
+
+    def name(*abbreviations):
+        return group_name([part_words(a) for a in abbreviations])
+
+    # groups of ppp_100_72.yaml's sid2pids_groups, by their PASCAL-Part names
+    assert name("head", "leye", "reye", "lear", "rear", "lebrow", "rebrow", "nose", "mouth", "hair", "neck") == "head"
+    assert name("llarm", "lhand", "rlarm", "rhand") == "lower arm and hand"
+    assert name("luarm", "ruarm") == "upper arm" and name("lwing", "rwing") == "wing"
+    assert name("lfuleg", "lflleg", "rfuleg", "rflleg", "lbuleg", "lblleg", "rbuleg", "rblleg") == "leg"
+    assert name("frontside", "leftside", "rightside", "backside", "roofside", "leftmirror", "rightmirror",
+                "door") == "body"
+    assert name("fliplate", "bliplate") == "license plate" and name("coach", "cfrontside", "croofside") == "coach"
+
+
+def test_pascal_parts_v1_spec_alone_is_a_clear_error():
+    with pytest.raises(SourceError, match="no part names"):
+        PascalPartsBuilder(fx("pascal_parts", "labels"), fx("pascal_parts", "ppp_100_72.yaml"))
 
 
 def test_visual_genome_box_masks_flagged_and_grouped_subjects(tmp_path):
@@ -152,6 +222,7 @@ def test_visual_genome_box_masks_flagged_and_grouped_subjects(tmp_path):
     assert "holding <ref:" in interaction["question"] and len(interaction["targets"]) == 2  # HOLDING == holding
     assert all(t["box_derived"] is True for rnd in record["rounds"] for t in rnd["targets"])
     assert interaction["targets"][0]["bbox"] == [2.0, 5.0, 14.0, 40.0]
+    assert interaction["targets"][0]["ann_bbox"] == [2.0, 5.0, 14.0, 40.0]  # the box REC Acc@0.5 scores
 
 
 def test_ade20k_semantic_rounds(tmp_path):
@@ -199,7 +270,8 @@ def test_grandf_three_layouts(tmp_path):
 
 
 def test_grandf_refcocog_without_images_reports_missing_image(tmp_path):
-    _, stats = build(GrandfBuilder(fx("grandf", "RefCOCOg_GCG_train.json")), tmp_path)
+    # no usable record: an error by default (test_reliability_builders), an empty file if asked
+    _, stats = build(GrandfBuilder(fx("grandf", "RefCOCOg_GCG_train.json")), tmp_path, allow_empty=True)
     assert stats.skipped["missing_image"] == 1 and stats.written == 0
 
 
@@ -231,12 +303,18 @@ def test_invalid_record_is_counted_not_written(tmp_path, monkeypatch):
 def test_cli_builds_and_writes_a_summary(tmp_path, capsys):
     out = tmp_path / "out"
     code = cli.main(["build-data", "refcocog", "--input", fx("refcoco"), "--output", str(out), "--split-by", "unc",
-                     "--seed", "2", "--rounds", "3", "--no-progress", "--exclude-refs", REFS])
+                     "--seed", "2", "--rounds", "3", "--no-progress", "--exclude-refs", REFS,
+                     "--coco-val2017", VAL2017])
     assert code == 0
     summary = json.loads((out / "refcocog.summary.json").read_text())
     assert summary == json.loads(capsys.readouterr().out)
+    # image 300: a RefCOCO training image that is a COCO-2017 val image (the reverse rule)
+    assert summary["leakage_excluded_by_rule"] == {"coco_val2017_images": 1}
+    assert summary["images_excluded_for_leakage"] == 1
+    assert {r["image"] for r in read_jsonl(out / "refcocog.jsonl")} == {"COCO_train2014_000000000100.jpg",
+                                                                         "COCO_train2014_000000000400.jpg"}
     assert summary["records_written"] == len(list(read_jsonl(out / "refcocog.jsonl")))
-    assert summary["skipped_by_reason"]["polygon_too_few_points"] == 1
+    assert "polygon_too_few_points" not in summary["skipped_by_reason"]  # on image 300, left out first
     assert all(len(r["rounds"]) <= 3 for r in read_jsonl(out / "refcocog.jsonl"))
 
 
@@ -246,12 +324,88 @@ def test_cli_synthetic_and_bad_input_exit_code(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["records_written"] == 5
     assert (tmp_path / "s" / "images" / "000004.png").exists()
     code = cli.main(["build-data", "visual-genome", "--input", fx("visual_genome", "relationships.json"),
-                     "--output", str(tmp_path / "v"), "--no-progress"])
+                     "--output", str(tmp_path / "v"), "--no-progress", "--no-leakage-filter"])
     assert code == 2 and "needs --input" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(fx("refcoco"), broken / "refcoco")
     (broken / "refcoco" / "instances.json").write_text("{")
     code = cli.main(["build-data", "refcoco", "--input", str(broken / "refcoco"), "--output", str(tmp_path / "r"),
-                     "--no-progress"])
+                     "--no-progress", "--no-leakage-filter"])
     assert code == 2 and "malformed JSON" in capsys.readouterr().err
     assert not (tmp_path / "r" / "refcoco.jsonl").exists()
+
+
+@pytest.mark.parametrize("source,inputs", [
+    ("coco", [fx("coco", "instances_train2017.json")]),
+    ("grandf", [fx("grandf", "RefCOCOg_GCG_train.json"), "--image-root", fx("coco_images"),
+                "--image-prefix", "train2014"]),  # COCO pictures, told by GLaMM's file name
+    ("visual-genome", [fx("visual_genome", "relationships.json"), fx("visual_genome", "image_data.json")]),
+    ("refcoco", [fx("refcoco")]),
+])
+def test_cli_leakage_filter_is_the_default(tmp_path, capsys, source, inputs):
+    """A training build of COCO pictures without the leakage files is an error that names
+    them; --no-leakage-filter is the named opt-out (and then image 200, RefCOCO val, stays)."""
+    out = tmp_path / "out"
+    assert cli.main(["build-data", source, "--input", *inputs, "--output", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--exclude-refs" in err and "--no-leakage-filter" in err
+    assert ("--coco-val2017" in err) == (source == "refcoco")
+    assert not out.exists() or not any(out.iterdir())
+    assert cli.main(["build-data", source, "--input", *inputs, "--output", str(out), "--no-progress",
+                     "--no-leakage-filter"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["leakage_excluded_by_rule"] == {} and summary["records_written"] >= 1
+    # evaluation splits are not filtered, so they need no files
+    if source == "refcoco":
+        assert cli.main(["build-data", source, "--input", *inputs, "--output", str(tmp_path / "v"),
+                         "--split", "val", "--no-progress"]) == 0
+
+
+def test_refcoco_reverse_rule_drops_coco_val2017_training_images(tmp_path):
+    from segllm.data_builders.leakage import load_coco_image_ids
+
+    builder = RefCocoBuilder(fx("refcoco"), dataset="refcoco", coco_val2017_ids=load_coco_image_ids(VAL2017))
+    records, stats = build(builder, tmp_path)
+    assert not any("000000000300" in r["image"] for r in records)
+    assert stats.leakage_by_rule == {"coco_val2017_images": 1} and stats.leakage_excluded_images == 1
+    assert stats.to_dict()["leakage_excluded_by_rule"] == {"coco_val2017_images": 1}
+    coco, coco_stats = build(CocoInstancesBuilder(fx("coco", "instances_train2017.json"),
+                                                  excluded_image_ids=_excluded()), tmp_path, "coco.jsonl")
+    assert coco_stats.to_dict()["leakage_excluded_by_rule"] == {"refcoco_eval_images": 1}
+
+
+def test_refcoco_standard_protocol_one_expression_per_record(tmp_path):
+    """--protocol standard: every expression of the split, one round each, no synthetic rounds,
+    and the annotation's own box for REC Acc@0.5."""
+    default, _ = build(RefCocoBuilder(fx("refcoco"), dataset="refcoco", rounds=4, seed=0), tmp_path, "d.jsonl")
+    assert any(len(r["rounds"]) > 1 for r in default)  # the MRSeg default: multi-round
+    records, _ = build(RefCocoBuilder(fx("refcoco"), dataset="refcoco", protocol="standard"), tmp_path)
+    assert [r["id"] for r in records] == ["refcoco-train-1-10", "refcoco-train-1-11", "refcoco-train-2-20",
+                                          "refcoco-train-3-30", "refcoco-train-6-60", "refcoco-train-7-70"]
+    assert all(len(r["rounds"]) == 1 and r["rounds"][0]["type"] == "referring" for r in records)
+    assert "left guy" in records[1]["rounds"][0]["question"]
+    assert records[0]["rounds"][0]["targets"][0]["ann_bbox"] == [2.0, 10.0, 12.0, 30.0]
+    val, _ = build(RefCocoBuilder(fx("refcoco"), dataset="refcoco", split="val", protocol="standard"), tmp_path)
+    assert [r["id"] for r in val] == ["refcoco-val-4-40"]
+    with pytest.raises(SourceError, match="unknown protocol"):
+        RefCocoBuilder(fx("refcoco"), dataset="refcoco", protocol="lisa")
+
+
+def test_build_data_writes_mrseg_statistics_table_and_plot(tmp_path, capsys):
+    """SegLLM's Table A1 / Fig. A1: per source, images, conversations, max rounds and the
+    histogram of rounds, for every MRSeg file in the output folder."""
+    out = tmp_path / "mrseg"
+    base = ["--output", str(out), "--no-progress", "--no-leakage-filter", "--rounds", "3"]
+    assert cli.main(["build-data", "refcoco", "--input", fx("refcoco"), *base]) == 0
+    assert cli.main(["build-data", "ade20k", "--input", fx("ade20k", "ADEChallengeData2016"), *base]) == 0
+    stats = json.loads((out / "mrseg_statistics.json").read_text())
+    assert set(stats["sources"]) == {"refcoco", "ade20k"}
+    for name in ("refcoco", "ade20k"):
+        records = list(read_jsonl(out / f"{name}.jsonl"))
+        s = stats["sources"][name]
+        rounds = [len(r["rounds"]) for r in records]
+        assert s["conversations"] == len(records) and s["images"] == len({r["image"] for r in records})
+        assert s["max_rounds"] == max(rounds) <= 3
+        assert s["rounds_histogram"] == {str(k): rounds.count(k) for k in sorted(set(rounds))}
+    assert stats["total"]["conversations"] == sum(s["conversations"] for s in stats["sources"].values())
+    assert (out / "mrseg_statistics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

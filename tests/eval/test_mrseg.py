@@ -171,3 +171,44 @@ def test_round_count_modes_and_refs():
     wrong_gt["rounds"][0]["targets"][0]["rle"] = rle(np.zeros((4, 4), bool))
     with pytest.raises(EvalInputError, match="target 0 mask is 4x4"):
         pio.parse_round_ground_truth([wrong_gt])
+
+
+def test_box_derived_target_is_not_scored_as_a_mask_but_its_box_counts():
+    """A Visual Genome target (a filled box) leaves cIoU/gIoU alone; REC Acc@0.5 still counts it."""
+    gt = [mrseg_record("r", H, W, [{"q": "a", "targets": [A]}, {"q": "b", "targets": [B]}])]
+    gt[0]["rounds"][1]["targets"][0]["box_derived"] = True
+    half_of_b = rect(H, W, 10, 20, 20, 25)  # IoU 0.5 with B: a bad mask, a passing box
+    _, result = evaluate(gt, [round_prediction("r", [[A], [half_of_b]])])
+    o = result["overall"]
+    assert (o["ciou"], o["giou"], o["n_pairs"], o["n_box_only"]) == (1.0, 1.0, 1, 1)
+    assert o["n_targets"] == 2 and o["rec_acc50"] == 1.0
+    assert math.isnan(result["per_round"]["1"]["giou"]) and result["per_round"]["1"]["rec_acc50"] == 1.0
+
+
+def test_rec_accuracy_uses_the_annotated_box_not_the_masks_tight_box():
+    """RefCOCO's annotation box can be wider than its polygon's tight box; Acc@0.5 uses it."""
+    gt = [mrseg_record("r", H, W, [{"q": "a", "targets": [A]}])]
+    gt[0]["rounds"][0]["targets"][0]["ann_bbox"] = [0, 0, 30, 20]  # the whole image
+    tight = one_round([A], [A])
+    _, wide = evaluate(gt, [round_prediction("r", [[A]])])
+    assert tight["rec_acc50"] == 1.0 and wide["overall"]["rec_acc50"] == 0.0  # 100 / 600 < 0.5
+    assert wide["overall"]["ciou"] == 1.0  # the mask is scored as before
+
+
+def test_refer_metrics_say_which_protocol_the_data_follows(tmp_path):
+    """Published RefCOCO numbers come from one-round records (build-data --protocol standard);
+    multi-round MRSeg-style records are labelled as such."""
+    import json
+
+    from segllm.eval.runners import run_round_task
+
+    def run(records, name):
+        data, preds = tmp_path / f"{name}.jsonl", tmp_path / f"{name}_pred.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        rounds = [[A] * len(r["rounds"][k]["targets"]) for r in records for k in range(len(r["rounds"]))]
+        preds.write_text(json.dumps(round_prediction(records[0]["id"], rounds, task="refer")) + "\n")
+        return run_round_task("refer", data, tmp_path / name, prediction_files=[preds], progress=False)
+
+    standard = run([mrseg_record("s", H, W, [{"q": "a", "targets": [A]}])], "standard")
+    multi = run([mrseg_record("m", H, W, [{"q": "a", "targets": [A]}, {"q": "b", "targets": [A]}])], "multi")
+    assert standard["protocol"] == "standard" and multi["protocol"] == "multi-round"

@@ -1,5 +1,8 @@
 """Weights: save -> load is bit-identical; checkpoints in the real formats load strictly."""
 
+import os
+import stat
+
 import pytest
 import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
@@ -37,6 +40,11 @@ def test_save_load_is_bit_identical(tmp_path, tiny_model, tiny_batch):
         assert torch.equal(a, b)
     assert torch.equal(before.loss, after.loss)
     assert loaded.config == tiny_model.config
+    # the folder others will read gets the usual permissions, not mkdtemp's owner-only 0700
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
     assert loaded.tokenizer.convert_tokens_to_ids("[SEG]") == tiny_model.config.token_ids["seg"]
     trainable = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
     assert trainable(loaded) == trainable(tiny_model)

@@ -87,3 +87,92 @@ def test_a_bad_image_exits_with_a_message(model_dir, tmp_path, capsys):
                      str(bad)])
     assert code == 2
     assert "notes.png is not an image PIL can read" in capsys.readouterr().err
+
+
+def test_a_reused_out_folder_gets_a_numbered_sibling_and_rounds_never_mix(model_dir, image_file,
+                                                                         tmp_path, seg_answers,
+                                                                         capsys):
+    out = tmp_path / "out"
+    scripts = []
+    for i, questions in enumerate((["First A.", "First B.", "First C."], ["Second A."])):
+        scripts.append(tmp_path / f"script_{i}.txt")
+        scripts[-1].write_text("\n".join(questions) + "\n")
+    base = ["chat", "--model", str(model_dir), "--image", str(image_file), "--out", str(out)]
+    assert cli.main([*base, "--script", str(scripts[0])]) == 0
+    assert cli.main([*base, "--script", str(scripts[1])]) == 0
+    assert f"note: {out} holds an earlier chat; this one is saved in {out}-2" in \
+        capsys.readouterr().out
+    # the first chat's three rounds are intact; the second chat's one round is on its own
+    assert sorted(p.name for p in out.iterdir()) == ["round_00", "round_01", "round_02"]
+    assert json.loads((out / "round_00" / "masks.json").read_text())["question"] == "First A."
+    second = tmp_path / "out-2"
+    assert sorted(p.name for p in second.iterdir()) == ["round_00"]
+    assert json.loads((second / "round_00" / "masks.json").read_text())["question"] == "Second A."
+    (tmp_path / "file").write_text("x")
+    assert cli.main([*base[:-1], str(tmp_path / "file"), "--script", str(scripts[1])]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_script_lines_split_at_newlines_only(tmp_path):
+    script = tmp_path / "questions.txt"
+    script.write_text("Segment the red\x1csquare.\nSegment the left\u2028shape.\r\n# note\n\n"
+                      "Segment it.", encoding="utf-8")
+    assert chat.read_script(script) == ["Segment the red\x1csquare.",
+                                        "Segment the left\u2028shape.", "Segment it."]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such script file"),
+    (b"Segment it.\n\xff\xfe broken\n", "line 2: not UTF-8 text"),
+])
+def test_a_bad_script_exits_with_one_line(model_dir, image_file, tmp_path, capsys, content,
+                                          message):
+    script = tmp_path / "questions.txt"
+    if content is not None:
+        script.write_bytes(content)
+    code = cli.main(["chat", "--model", str(model_dir), "--image", str(image_file), "--script",
+                     str(script), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_ctrl_c_cancels_the_round_and_ctrl_d_ends_the_chat(pipeline, image_file, tmp_path,
+                                                           monkeypatch, capsys):
+    """Ctrl-C while typing drops the line; Ctrl-C while the model answers (before or after the
+    round is stored) cancels that round only; Ctrl-D ends the chat with exit code 0."""
+    session = pipeline.start(image_file, generation=forcing(pipeline, "[SEG]."))
+    typed = iter([KeyboardInterrupt, "Segment the red square.", "Interrupted in the model.",
+                  "Interrupted while saving.", "Now <ref:0>.", EOFError])
+
+    def fake_input(prompt):
+        value = next(typed)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            raise value
+        return value
+
+    real_run_jobs, real_save = pipeline.run_jobs, chat.save_round
+
+    def run_jobs(jobs):
+        if jobs[0].question == "Interrupted in the model.":
+            raise KeyboardInterrupt
+        return real_run_jobs(jobs)
+
+    def save_round(out, image, reply):
+        folder = real_save(out, image, reply)
+        if reply.question == "Interrupted while saving.":
+            raise KeyboardInterrupt
+        return folder
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.setattr(pipeline, "run_jobs", run_jobs)
+    monkeypatch.setattr(chat, "save_round", save_round)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert chat.run_interactive(session, out, history_file=tmp_path / "history") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("cancelled: round 1 was not asked; the chat goes on") == 2
+    assert "(cancelled; Ctrl-D or /quit ends the chat)" in printed
+    assert [r.question for r in session.history] == ["Segment the red square.", "Now <ref:0>."]
+    assert sorted(p.name for p in out.iterdir()) == ["round_00", "round_01"]
+    assert json.loads((out / "round_01" / "masks.json").read_text())["question"] == "Now <ref:0>."

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import MaskDecoder
+from .base import MaskDecoder, MaskLoss
+from .hipie import HIPIEDecoder
 from .sam import SAMDecoder
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def build_decoder(config: SegLLMConfig) -> MaskDecoder:
 
 
 register_decoder("sam", SAMDecoder)
+register_decoder("hipie", HIPIEDecoder)
 
-__all__ = ["DECODERS", "MaskDecoder", "SAMDecoder", "build_decoder", "decoder_class",
-           "register_decoder"]
+__all__ = ["DECODERS", "HIPIEDecoder", "MaskDecoder", "MaskLoss", "SAMDecoder", "build_decoder",
+           "decoder_class", "register_decoder"]

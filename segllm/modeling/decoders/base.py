@@ -14,6 +14,9 @@ path, so the rest of segllm never needs to know which decoder it runs:
 - its dtype needs (``keep_float32``: the pipeline keeps it in float32 under a bf16 / fp16 model);
 - its settings: ``config_class``, a dataclass stored as ``SegLLMConfig.decoder_config`` and
   type-checked by ``segllm.typed_config``;
+- its training loss (``training_loss``, reached from ``train/objective.py``): by default BCE +
+  Dice of the returned masks; a decoder with a loss of its own (a query decoder's set loss)
+  returns what it needs from ``decode_for_training`` and overrides ``training_loss``;
 - optionally: reading its original checkpoints (and the sizes they imply), and reading config
   keys an older layout wrote for it.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +33,18 @@ import torch
 from torch import nn
 
 from ..loading import load_state_dict_strict, read_torch_state_dict
+
+
+@dataclass
+class MaskLoss:
+    """A decoder's training loss over a batch: ``total`` (weighted, added to the language
+    loss), the mask BCE and Dice for logs (unweighted), the number of masks, named parts."""
+
+    total: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
+    num_masks: int
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MaskDecoder(nn.Module, ABC):
@@ -69,6 +85,12 @@ class MaskDecoder(nn.Module, ABC):
         """One line for ``segllm info``."""
         return type(config).__name__
 
+    @classmethod
+    def describe_loss(cls, config: Any, weights: Any) -> str:
+        """The mask loss ``training_loss`` computes, for ``segllm info`` (``weights``: the
+        model's ``LossConfig``)."""
+        return f"BCE x{weights.bce_weight} + Dice x{weights.dice_weight}"
+
     # -- the model-side interface ------------------------------------------------------------
 
     @property
@@ -102,6 +124,39 @@ class MaskDecoder(nn.Module, ABC):
         Returns:
             mask logits [N, H, W] and scores [N].
         """
+
+    def decode_for_training(self, image_features: torch.Tensor, prompts: torch.Tensor,
+                            input_size: tuple[int, int], original_size: tuple[int, int], *,
+                            ref_masks: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``decode`` plus whatever ``training_loss`` needs of this image (None by default)."""
+        logits, scores = self.decode(image_features, prompts, input_size, original_size,
+                                     ref_masks=ref_masks)
+        return logits, scores, None
+
+    def training_loss(self, *, mask_logits: list[torch.Tensor], targets: list[torch.Tensor],
+                      target_weights: list[torch.Tensor] | None,
+                      ref_masks: list[torch.Tensor] | None, extras: list[Any],
+                      weights: Any) -> MaskLoss:
+        """The mask loss of a batch.
+
+        Args:
+            mask_logits: per sample [n_i, H_i, W_i], what ``decode`` returned.
+            targets: per sample [n_i, H_i, W_i] {0, 1} target masks, in the same order.
+            target_weights: per sample [n_i] weight of each target (0: leave it out, e.g. a
+                mask filled from a box); None weighs every target 1.
+            ref_masks: per sample [n_i, H_i, W_i], each [SEG]'s referenced masks' union.
+            extras: per sample, the third item ``decode_for_training`` returned.
+            weights: the model's ``LossConfig``.
+
+        By default: ``bce_weight`` * BCE + ``dice_weight`` * Dice of the returned masks
+        (``segllm.train.losses``; each mask counts once).
+        """
+        from segllm.train.losses import mask_losses  # the losses live with training
+
+        bce, dice, count = mask_losses(mask_logits, targets, target_weights)
+        return MaskLoss(total=weights.bce_weight * bce + weights.dice_weight * dice, bce=bce,
+                        dice=dice, num_masks=count)
 
     @abstractmethod
     def trainable_groups(self) -> dict[str, nn.Module]:

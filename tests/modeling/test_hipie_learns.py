@@ -1,0 +1,100 @@
+"""A tiny HIPIE-style decoder, on its own (no LLM), learns to segment synthetic shape scenes
+when each colour's prompt is a fixed learnable embedding: the mask IoU of its answer on
+held-out scenes rises well above its start.
+
+The backbone stays frozen (as in SegLLM), so its features are computed once per scene; the
+deformable encoder, the query decoder and the colour embeddings train, with HIPIE's gradient
+clipping (a smaller norm than its 0.1 would slow these few steps)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segllm.config import SegLLMConfig
+from segllm.data_builders.synthetic import COLOURS, generate_scene
+from segllm.modeling.decoders import build_decoder
+from segllm.modeling.decoders.hipie import HIPIEDecoder
+
+COLOUR_NAMES = sorted(COLOURS)
+SIDE = 64
+MIN_PIXELS = 40  # smaller colour regions (parts inside shapes) are not prompted
+STEPS = 200
+TOKENS = 2  # prompt tokens per colour (the hipie-tiny preset's)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def colour_scene(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One synthetic scene: (image [3, S, S] uint8, colour ids [N], masks [N, S, S]), one mask
+    per colour drawn in it (its visible pixels: a part paints over its whole)."""
+    scene = generate_scene(rng, image_size=SIDE)
+    ids, masks = [], []
+    for index, name in enumerate(COLOUR_NAMES):
+        mask = (scene.image == np.array(COLOURS[name], dtype=np.uint8)).all(-1)
+        if mask.sum() >= MIN_PIXELS:
+            ids.append(index)
+            masks.append(torch.from_numpy(mask))
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).contiguous()
+    return image, torch.tensor(ids), torch.stack(masks).float()
+
+
+def encoded_scenes(decoder: HIPIEDecoder, *, seed: int, count: int) -> list[tuple]:
+    """(frozen backbone features, colour ids, masks) of ``count`` scenes."""
+    rng = random.Random(seed)
+    out = []
+    with torch.no_grad():
+        for _ in range(count):
+            image, ids, masks = colour_scene(rng)
+            pixels, _ = HIPIEDecoder.preprocess(image, decoder.config)
+            out.append((decoder.backbone(pixels[None]), ids, masks))
+    return out
+
+
+def decode(decoder: HIPIEDecoder, prompts: nn.Embedding, features: dict, ids: torch.Tensor):
+    memory, _, mask_features = decoder.pixel_decoder(features)
+    packed = torch.cat([memory.flatten(1), mask_features.flatten(1)], dim=1)
+    tokens = prompts(ids).view(len(ids), TOKENS, decoder.prompt_dim)
+    return decoder.decode_for_training(packed, tokens, (SIDE, SIDE), (SIDE, SIDE))
+
+
+def mean_iou(decoder: HIPIEDecoder, prompts: nn.Embedding, scenes: list[tuple]) -> float:
+    """Mean IoU of the answer (the best target-class query) over every prompted colour."""
+    decoder.eval()
+    ious = []
+    with torch.no_grad():
+        for features, ids, masks in scenes:
+            logits, _, _ = decode(decoder, prompts, features, ids)
+            predicted, truth = logits > decoder.mask_threshold, masks.bool()
+            ious += ((predicted & truth).sum((1, 2)) / (predicted | truth).sum((1, 2))).tolist()
+    decoder.train()
+    return sum(ious) / len(ious)
+
+
+@pytest.mark.slow
+def test_tiny_decoder_learns_colour_prompted_shape_masks():
+    torch.manual_seed(0)
+    decoder = build_decoder(SegLLMConfig.from_name("hipie-tiny", mask_aware_decoding=False))
+    decoder.backbone.requires_grad_(False)
+    prompts = nn.Embedding(len(COLOUR_NAMES), TOKENS * decoder.prompt_dim)
+    trained = [p for p in [*decoder.parameters(), *prompts.parameters()] if p.requires_grad]
+    optim = torch.optim.AdamW(trained, lr=5e-3, weight_decay=0.0)
+    train = encoded_scenes(decoder, seed=1, count=STEPS)
+    held_out = encoded_scenes(decoder, seed=2, count=16)
+    start = mean_iou(decoder, prompts, held_out)
+    for features, ids, masks in train:  # one pass, each scene once
+        logits, _, extra = decode(decoder, prompts, features, ids)
+        loss = decoder.training_loss(mask_logits=[logits], targets=[masks], target_weights=None,
+                                     ref_masks=None, extras=[extra], weights=None)
+        optim.zero_grad()
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        optim.step()
+    end = mean_iou(decoder, prompts, held_out)
+    # measured: 0.04 -> 0.33 (the answer's masks come from 16 x 16 logits, so edges cost)
+    assert start < 0.1 and end > 0.25, (start, end)
