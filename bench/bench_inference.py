@@ -1,21 +1,32 @@
 """Multi-round inference on the ``small`` preset (random weights), on this CPU.
 
     .venv/bin/python bench/bench_inference.py [--rounds 8] [--answer "Sure, it is [SEG]."]
-                                              [--repeats 3] [--skip-memory]
+                                              [--repeats 3] [--sessions 1 4 16] [--skip-memory]
 
-1. Latency per round of one conversation, with the KV cache and decoder features kept between
+1. The decode step against its physical limit (``decode_bound.py``): weight bytes read per
+   step over the memory bandwidth of a large copy measured in the same run, for fp32, bf16 and
+   the int8 dynamic path (``SegLLMPipeline.from_pretrained(..., int8_dynamic=True)``).
+2. Latency per round of one conversation, with the KV cache and decoder features kept between
    rounds, and recomputing the whole history (image features included) every round, as LISA's
-   chat and SegLLM's inference script do. Every round's answer is forced token by token to the
-   same text, so both modes decode the same number of tokens and emit the same [SEG]; round r
-   (r >= 1) refers to round r-1's mask. Goals: the conversation >= 5x faster with the cache, and
-   round 8 <= 1.2x round 2.
-2. Memory of the model in bf16 and with the LLM in 4 bits (NF4, bitsandbytes), each loaded in a
+   chat and SegLLM's inference script do; at the preset's 64 image tokens and at LLaVA's real
+   576 (336 px / patch 14, ``--image-tokens``). Every round's answer is forced token by token to
+   the same text, so both modes decode the same number of tokens and emit the same [SEG]; round
+   r (r >= 1) refers to round r-1's mask. The cached path runs twice: with the growing KV cache
+   (``segllm.inference.kv_cache``) and with transformers' ``DynamicCache``, the one it replaced
+   ("before"). Goals: the conversation >= 5x faster with the cache, round 8 <= 1.1x round 2.
+3. Time to first mask (``start`` + ``ask`` until the reply holds the first [SEG] mask; then a
+   later round's ``ask``), and ``ask_batch`` conversations per second at 1, 4 and 16 sessions.
+4. Memory of the model in bf16 and with the LLM in 4 bits (NF4, bitsandbytes), each loaded in a
    fresh process: bytes of weights by component, and the process's resident memory.
+
+On a shared machine only the ratios measured inside one run mean much: modes alternate so that
+load hits them alike, and the bandwidth is measured right before each decode measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -29,7 +40,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from decode_bound import decode_bound_rows  # noqa: E402
+
+import segllm.inference.engine as engine_module  # noqa: E402
 from segllm.config import SegLLMConfig  # noqa: E402
+from segllm.dtypes import cpu_has_native_bf16  # noqa: E402
+from segllm.inference.dynamic_int8 import quantize_language_model_int8  # noqa: E402
 from segllm.modeling.model import SegLLMModel  # noqa: E402
 from segllm.pipeline import ForcedTokens, GenerationConfig, SegLLMPipeline  # noqa: E402
 
@@ -58,41 +74,146 @@ def conversation_latency(pipeline, image, answer: str, rounds: int, reuse_cache:
     return times, tokens
 
 
-def latency_table(args, one_pass: bool = False) -> None:
+def small_model(image_tokens: int) -> SegLLMModel:
+    """The ``small`` preset (random weights) with ``image_tokens`` image tokens (a square
+    number: CLIP's input side is sqrt(image_tokens) patches of 14 px)."""
+    side = round(image_tokens ** 0.5)
+    if side * side != image_tokens:
+        raise SystemExit(f"--image-tokens must be a square number, got {image_tokens}")
     torch.manual_seed(0)
-    model = SegLLMModel.from_config(SegLLMConfig.from_name("small"))
-    pipeline = SegLLMPipeline(model)
+    return SegLLMModel.from_config(SegLLMConfig.from_name(
+        "small", vision={"image_size": side * 14, "patch_size": 14}))
+
+
+@contextlib.contextmanager
+def previous_cache():
+    """Run the engine on transformers' ``DynamicCache`` (torch.cat every step): the "before"."""
+    from transformers import DynamicCache
+
+    saved = engine_module.growing_cache
+    engine_module.growing_cache = lambda num_layers, data=None: (
+        DynamicCache(ddp_cache_data=data) if data else DynamicCache())
+    try:
+        yield
+    finally:
+        engine_module.growing_cache = saved
+
+
+MODES = {  # name -> (reuse_cache, engine cache)
+    "cached": (True, contextlib.nullcontext),
+    "cached, DynamicCache (before)": (True, previous_cache),
+    "recompute": (False, contextlib.nullcontext),
+}
+
+
+def latency_table(args, pipeline, image_tokens: int, one_pass: bool = False) -> None:
     image = np.random.default_rng(0).integers(0, 255, size=(args.image, args.image, 3),
                                               dtype=np.uint8)
     conversation_latency(pipeline, image, args.answer, 2, True, one_pass)  # warm-up
-    runs = {True: [], False: []}
-    for _ in range(args.repeats):  # alternate modes so machine load hits both alike
-        for mode in (True, False):
-            runs[mode].append(conversation_latency(pipeline, image, args.answer, args.rounds,
-                                                   mode, one_pass))
-    tokens = runs[True][0][1]
-    assert tokens == runs[False][0][1], "both modes must generate the same tokens"
-    cached = [statistics.median(r[0][i] for r in runs[True]) for i in range(args.rounds)]
-    full = [statistics.median(r[0][i] for r in runs[False]) for i in range(args.rounds)]
+    runs = {mode: [] for mode in MODES}
+    for _ in range(args.repeats):  # alternate modes so machine load hits them alike
+        for mode, (reuse, cache) in MODES.items():
+            with cache():
+                runs[mode].append(conversation_latency(pipeline, image, args.answer,
+                                                       args.rounds, reuse, one_pass))
+    tokens = runs["cached"][0][1]
+    assert all(r[0][1] == tokens for r in runs.values()), "every mode generates the same tokens"
+    # the fastest of the repeats: on a shared machine the least disturbed by other load
+    med = {mode: [min(r[0][i] for r in runs[mode]) for i in range(args.rounds)]
+           for mode in MODES}
+    cached, before, full = med["cached"], med["cached, DynamicCache (before)"], med["recompute"]
     session = pipeline.start(image)
     for q in questions(args.rounds):
         session.ask(q, answer=args.answer)
     how = ("answer teacher-forced in one pass (no decode steps)" if one_pass
            else "answer decoded token by token")
-    print(f"\n## latency per round, {how} (median of {args.repeats}), small preset "
+    model = pipeline.model
+    print(f"\n## latency per round, {how} (fastest of {args.repeats}), small preset "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
-          f"image {args.image}x{args.image}, answer {args.answer!r} "
-          f"({tokens[0]} generated tokens a round); history after {args.rounds} rounds: "
-          f"{len(session.token_ids)} tokens")
-    print(f"{'round':>5} {'answer tok':>10} {'cached ms':>10} {'recompute ms':>13} {'speed-up':>9}")
+          f"{image_tokens} image tokens, image {args.image}x{args.image}, answer "
+          f"{args.answer!r} ({tokens[0]} generated tokens a round); history after "
+          f"{args.rounds} rounds: {len(session.token_ids)} tokens")
+    print(f"{'round':>5} {'answer tok':>10} {'cached ms':>10} {'before ms':>10} "
+          f"{'recompute ms':>13} {'speed-up':>9}")
     for i in range(args.rounds):
-        print(f"{i + 1:>5} {tokens[i]:>10} {cached[i] * 1e3:>10.1f} {full[i] * 1e3:>13.1f} "
-              f"{full[i] / cached[i]:>8.2f}x")
-    total_c, total_f = sum(cached), sum(full)
-    print(f"whole conversation: cached {total_c * 1e3:.0f} ms, recompute {total_f * 1e3:.0f} ms: "
-          f"{total_f / total_c:.2f}x faster with the cache (goal >= 5x)")
-    print(f"round 8 / round 2 with the cache: {cached[-1] / cached[1]:.2f} (goal <= 1.2); "
-          f"recomputing: {full[-1] / full[1]:.2f}")
+        print(f"{i + 1:>5} {tokens[i]:>10} {cached[i] * 1e3:>10.1f} {before[i] * 1e3:>10.1f} "
+              f"{full[i] * 1e3:>13.1f} {full[i] / cached[i]:>8.2f}x")
+    total_c, total_b, total_f = sum(cached), sum(before), sum(full)
+    print(f"whole conversation: cached {total_c * 1e3:.0f} ms (DynamicCache before: "
+          f"{total_b * 1e3:.0f} ms, {total_b / total_c:.2f}x slower), recompute "
+          f"{total_f * 1e3:.0f} ms: {total_f / total_c:.2f}x faster with the cache "
+          f"(before: {total_f / total_b:.2f}x; goal >= 5x)")
+    print(f"round {args.rounds} / round 2 with the cache: {cached[-1] / cached[1]:.2f} "
+          f"(before: {before[-1] / before[1]:.2f}; goal <= 1.1); recomputing: "
+          f"{full[-1] / full[1]:.2f}")
+
+
+def decode_table(args) -> None:
+    model = small_model(64).eval()
+    rows = decode_bound_rows(model, context=args.context)
+    print(f"\n## decode step vs its memory-bandwidth floor, small preset LLM, batch 1, "
+          f"{args.context} cached tokens (median of 3 rounds; bandwidth: a 128 MiB copy, "
+          "read + written bytes, measured before each variant's steps)")
+    print(f"{'variant':<13} {'weights MB':>10} {'GB/s':>6} {'floor ms':>9} {'step ms':>8} "
+          f"{'step/floor':>10} {'vs fp32':>8}")
+    fp32 = rows[0]["step_s"]
+    for r in rows:
+        print(f"{r['variant']:<13} {r['weight_bytes'] / 1e6:>10.1f} {r['bandwidth'] / 1e9:>6.1f} "
+              f"{r['floor_s'] * 1e3:>9.1f} {r['step_s'] * 1e3:>8.1f} {r['ratio']:>9.2f}x "
+              f"{fp32 / r['step_s']:>7.2f}x")
+    print("(goal: a step within 1.3x of its floor in bf16; bf16 needs the CPU's bf16 units "
+          f"(native here: {cpu_has_native_bf16()}), without them oneDNN converts to fp32)")
+
+
+def first_mask_table(args, pipelines: dict[str, SegLLMPipeline], image_tokens: int) -> None:
+    """Seconds from ``start`` + ``ask`` to the reply with the first mask, then a later round."""
+    image = np.random.default_rng(1).integers(0, 255, size=(args.image, args.image, 3),
+                                              dtype=np.uint8)
+    print(f"\n## time to first mask, {image_tokens} image tokens (median of {args.repeats}; "
+          "answer decoded token by token)")
+    print(f"{'model':<13} {'start ms':>9} {'round 1 ms':>10} {'first mask ms':>13} "
+          f"{'round 2 ms':>10}")
+    samples = {name: [] for name in pipelines}
+    for _ in range(args.repeats):
+        for name, pipeline in pipelines.items():
+            generation = GenerationConfig(logits_processors=(
+                ForcedTokens.from_text(pipeline, args.answer),))
+            t0 = time.perf_counter()
+            session = pipeline.start(image, generation=generation)
+            t1 = time.perf_counter()
+            reply = session.ask(questions(1)[0])
+            t2 = time.perf_counter()
+            assert reply.masks, "the forced [SEG] must give a mask"
+            session.ask(questions(2)[1])
+            samples[name].append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+    for name, rows in samples.items():
+        start, first, second = (statistics.median(r[i] for r in rows) for i in range(3))
+        print(f"{name:<13} {start * 1e3:>9.0f} {first * 1e3:>10.0f} "
+              f"{(start + first) * 1e3:>13.0f} {second * 1e3:>10.0f}")
+
+
+def batch_table(args, pipeline: SegLLMPipeline, image_tokens: int) -> None:
+    """Conversations per second through ``ask_batch``: every session answers ``--batch-rounds``
+    rounds, all sessions in one batched run a round (sessions opened inside the timing)."""
+    generation = GenerationConfig(logits_processors=(ForcedTokens.from_text(pipeline,
+                                                                            args.answer),))
+    rng = np.random.default_rng(2)
+    print(f"\n## ask_batch, {args.batch_rounds} rounds a conversation, {image_tokens} image "
+          "tokens (conversations/s, session start included)")
+    print(f"{'sessions':>8} {'seconds':>8} {'conv/s':>7} {'vs 1':>6}")
+    base = None
+    for count in args.sessions:
+        images = [rng.integers(0, 255, size=(args.image, args.image, 3), dtype=np.uint8)
+                  for _ in range(count)]
+        start = time.perf_counter()
+        sessions = [pipeline.start(im, generation=generation) for im in images]
+        for question in questions(args.batch_rounds):
+            replies = pipeline.ask_batch([(s, question) for s in sessions])
+            assert all(r.masks for r in replies), "every forced [SEG] must give a mask"
+        seconds = time.perf_counter() - start
+        rate = count / seconds
+        base = base or rate
+        print(f"{count:>8} {seconds:>8.1f} {rate:>7.2f} {rate / base:>5.2f}x")
 
 
 MEMORY_CHILD = r"""
@@ -146,6 +267,13 @@ def main() -> None:
     ap.add_argument("--answer", default="Sure, it is [SEG].")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--image", type=int, default=256, help="image side in pixels")
+    ap.add_argument("--image-tokens", type=int, nargs="+", default=[64, 576],
+                    help="image tokens of the history benchmark (64: the preset; 576: LLaVA's)")
+    ap.add_argument("--context", type=int, default=256, help="cached tokens of a decode step")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--batch-rounds", type=int, default=2)
+    ap.add_argument("--only", nargs="+", default=["decode", "history", "first-mask", "batch"],
+                    choices=["decode", "history", "first-mask", "batch"])
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: stable figures on a shared machine)")
@@ -153,10 +281,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {_load()}")
-    latency_table(args)
-    latency_table(args, one_pass=True)
+    if "decode" in args.only:
+        decode_table(args)
+    for image_tokens in args.image_tokens:
+        pipeline = SegLLMPipeline(small_model(image_tokens))
+        if "history" in args.only:
+            latency_table(args, pipeline, image_tokens)
+            latency_table(args, pipeline, image_tokens, one_pass=True)
+        if "first-mask" in args.only:
+            int8 = SegLLMPipeline(small_model(image_tokens))
+            quantize_language_model_int8(int8.model)
+            first_mask_table(args, {"fp32": pipeline, "int8 dynamic": int8}, image_tokens)
+        if "batch" in args.only:
+            batch_table(args, pipeline, image_tokens)
     if not args.skip_memory:
         memory_table()
+    print(f"# load average at the end {_load()}")
 
 
 def _load() -> str:

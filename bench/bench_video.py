@@ -1,7 +1,7 @@
 """Speed of the video path: J&F scoring, and a whole query through a synthetic clip.
 
     .venv/bin/python bench/bench_video.py [--frames 1000] [--clip-frames 64] [--preset small]
-                                          [--skip-metrics] [--skip-model]
+                                          [--tokens-per-frame N] [--skip-metrics] [--skip-model]
 
 - **J&F**: ``segllm.eval.video.score_expression`` over ``--frames`` frames of 480x854 masks
   (a moving ellipse; the prediction is it shifted by a few pixels, so boundaries partly match),
@@ -12,7 +12,9 @@
   ``--clip-frames``-frame synthetic clip (``segllm.data_builders.synthetic_video``), the answer
   forced to ``Sure, [SEG].`` so a mask is propagated; frames per second, and seconds per stage
   (sampling, frame reading, the decoder's image encoding, the LLM, mask decoding; for the
-  target choice and for the propagation separately).
+  target choice and for the propagation separately). The LLM sees each candidate's global-local
+  reference frames (8 + 4) at the preset's ``video.tokens_per_frame`` (``small``: 16), or
+  ``--tokens-per-frame``; 0 gives the target frame alone.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def bench_metrics(frames: int, h: int = 480, w: int = 854) -> None:
           f"to {frames}: {dilation:.2f} s; ours (J, F and R together) is {dilation / ours:.1f}x faster")
 
 
-def bench_model(clip_frames: int, preset: str, candidates: int) -> None:
+def bench_model(clip_frames: int, preset: str, candidates: int,
+                tokens_per_frame: int | None = None) -> None:
     import torch
 
     from segllm.config import SegLLMConfig
@@ -85,7 +88,8 @@ def bench_model(clip_frames: int, preset: str, candidates: int) -> None:
             return self.images[index]
 
     torch.manual_seed(0)
-    model = SegLLMModel.from_config(SegLLMConfig.from_name(preset))
+    overrides = {} if tokens_per_frame is None else {"video.tokens_per_frame": tokens_per_frame}
+    model = SegLLMModel.from_config(SegLLMConfig.from_name(preset, **overrides))
     pipeline = SegLLMPipeline(model)
     forced = GenerationConfig(max_new_tokens=8, logits_processors=(
         ForcedTokens.from_text(pipeline, "Sure, [SEG]."),))
@@ -97,8 +101,11 @@ def bench_model(clip_frames: int, preset: str, candidates: int) -> None:
     result = segmenter.segment(frames, "the shape that ends up on the left")
     total = time.perf_counter() - start
     propagated = not math.isinf(max(result.target.scores))
-    print(f"whole path, {preset} preset, {clip_frames} frames of 64x64, {candidates} candidates: "
-          f"{total:.2f} s, {clip_frames / total:.2f} frames/s"
+    seen = (f"{len(result.reference_frames)} reference frames of "
+            f"{model.config.video.tokens_per_frame} tokens" if result.reference_frames_in_llm
+            else "no reference frames")
+    print(f"whole path, {preset} preset, {clip_frames} frames of 64x64, {candidates} candidates, "
+          f"{seen}: {total:.2f} s, {clip_frames / total:.2f} frames/s"
           + ("" if propagated else " (empty target mask: nothing propagated)"))
     for stage, seconds in sorted(result.timings.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:40s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
@@ -110,13 +117,15 @@ def main() -> None:
     parser.add_argument("--clip-frames", type=int, default=64)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--tokens-per-frame", type=int, default=None,
+                        help="tokens per reference frame (default: the preset's; 0: none)")
     parser.add_argument("--skip-metrics", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
     if not args.skip_metrics:
         bench_metrics(args.frames)
     if not args.skip_model:
-        bench_model(args.clip_frames, args.preset, args.candidates)
+        bench_model(args.clip_frames, args.preset, args.candidates, args.tokens_per_frame)
 
 
 if __name__ == "__main__":

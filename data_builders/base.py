@@ -44,6 +44,8 @@ class BuildStats:
     # are COCO-2017 val images)
     leakage_by_rule: Counter = field(default_factory=Counter)
     skip_examples: list[str] = field(default_factory=list)
+    # unified (c, b, m) records only: annotations written per task
+    annotations_per_task: Counter = field(default_factory=Counter)
 
     def skip(self, record_id: Any, reason: str, detail: str = "") -> None:
         """Count one skipped record (or part of one) and keep the message for the summary."""
@@ -59,6 +61,8 @@ class BuildStats:
             self.rounds_per_type[rnd["type"]] += 1
             if not rnd["targets"]:
                 self.rounds_without_target += 1
+        if "annotations" in record:
+            self.annotations_per_task[record["task"]] += len(record["annotations"])
 
     def to_dict(self) -> dict:
         """The summary as plain JSON types, keys sorted so equal builds give equal files."""
@@ -72,7 +76,8 @@ class BuildStats:
             "images_excluded_for_leakage": self.leakage_excluded_images,
             "leakage_excluded_by_rule": dict(sorted(self.leakage_by_rule.items())),
             "skip_examples": list(self.skip_examples),
-        }
+        } | ({"annotations_per_task": dict(sorted(self.annotations_per_task.items()))}
+             if self.annotations_per_task else {})
 
 
 class Builder:
@@ -114,6 +119,11 @@ class Builder:
         """Yield records in a deterministic order; call ``stats.skip`` for whatever is dropped."""
         raise NotImplementedError
 
+    def iter_unified_records(self, stats: BuildStats) -> Iterator[dict]:
+        """Yield unified (c, b, m) records (``segllm.records``), for sources that have them."""
+        raise BuildError(f"{self.name} has no unified (c, b, m) records; "
+                         "sources with them: data_builders/unified.py")
+
     def total(self) -> int | None:
         """Number of work items, for the progress bar (``None`` when unknown)."""
         return None
@@ -145,14 +155,16 @@ class Builder:
     # ---- driver
 
     def build(self, output_path: str | os.PathLike, progress: bool = False,
-              allow_empty: bool = False) -> BuildStats:
+              allow_empty: bool = False, unified: bool = False) -> BuildStats:
         """Validate and write all records to ``output_path`` (atomically); return the counters.
+        ``unified``: the source's unified (c, b, m) records instead of its conversations.
 
         Raises :class:`BuildError`, leaving ``output_path`` as it was, when two records share
         an id or when no record is written (unless ``allow_empty``).
         """
         stats = BuildStats(source=self.name)
-        records = self.iter_records(stats)
+        kind = "unified" if unified else self.kind
+        records = self.iter_unified_records(stats) if unified else self.iter_records(stats)
         if progress:
             from tqdm import tqdm
 
@@ -161,7 +173,7 @@ class Builder:
         with AtomicWriter(output_path) as out:
             for record in records:
                 try:
-                    validate_record(record, self.kind)
+                    validate_record(record, kind)
                 except RecordError as exc:
                     stats.skip(record.get("id"), "invalid_record", str(exc))
                     continue
@@ -233,15 +245,24 @@ class PerImageBuilder(Builder):
     images: list[dict]
 
     def iter_records(self, stats: BuildStats) -> Iterator[dict]:
+        yield from self._per_image(stats, self._conversation)
+
+    def iter_unified_records(self, stats: BuildStats) -> Iterator[dict]:
+        yield from self._per_image(stats, self._unified_record)
+
+    def _per_image(self, stats: BuildStats, make) -> Iterator[dict]:
         image_ids = UniqueIds(f"{self.name} source images")
         for image in self.images:
             image_ids.add(image["id"])
         for image in self.images:
             if self.split == "train" and self.is_excluded(image["id"], stats):
                 continue
-            record = self._conversation(image, stats)
+            record = make(image, stats)
             if record is not None:
                 yield record
 
     def _conversation(self, image: dict, stats: BuildStats) -> dict | None:
         raise NotImplementedError
+
+    def _unified_record(self, image: dict, stats: BuildStats) -> dict | None:
+        raise BuildError(f"{self.name} has no unified (c, b, m) records")

@@ -8,12 +8,16 @@ Examples::
         --exclude-refs refer/data/refcocog/refs(umd).p refer/data/refcoco+/refs(unc).p
     segllm build-data refcoco --input refer/data/refcoco --split val --protocol standard --output data/eval
     segllm build-data reasonseg --input ReasonSeg/train --output data/mrseg --image-prefix reason_seg/train
+    segllm build-data coco --records unified --input instances_train2017.json --output data/unified ...
 
 Writes ``DIR/<source>.jsonl`` (atomically), ``DIR/mrseg_statistics.json`` / ``.png`` (SegLLM's
 Table A1 and Fig. A1 over every MRSeg file in DIR: images, conversations, most rounds and the
 histogram of rounds per source) and ``DIR/<source>.summary.json``: records written,
 records skipped by reason, rounds per type, images excluded for leakage (by rule); the summary is also
 printed. ``--input`` takes the paths each source needs, in the order listed by ``--help``.
+``--records unified`` writes QueryMeldNet's (c, b, m) records instead
+(``DIR/<source>.unified.jsonl`` and ``.unified.summary.json``; ``data_builders/unified.py``
+lists the sources that have them); ``coco-panoptic`` and ``foreground`` have only those.
 """
 
 from __future__ import annotations
@@ -42,14 +46,18 @@ INPUTS = {
     "refcoco+": "refer folder with refs(unc).p and instances.json",
     "refcocog": "refer folder with refs(umd).p or refs(google).p and instances.json",
     "coco": "instances_train2017.json",
+    "coco-panoptic": "panoptic_train2017.json, its PNG folder panoptic_train2017/",
+    "foreground": "image folder, mask folder (DUTS-TR-Image/, DUTS-TR-Mask/; DIS5K im/, gt/ ...)",
     "lvis": "lvis_v1_train.json",
     "paco-lvis": "paco_lvis_v1_train.json",
     "pascal-panoptic-parts": "label folder (*.tif), ppp_datasetspec.yaml [, part grouping YAML: "
                              "ppp_100_72.yaml or a part_groupings file]",
-    "visual-genome": "relationships.json, image_data.json",
+    "visual-genome": "relationships.json (with --records unified: or objects.json), image_data.json",
     "ade20k": "ADEChallengeData2016 folder",
     "coco-stuff": "label folder (*.png), labels.txt",
     "reasonseg": "split folder of *.jpg + *.json",
+    "syn-m": "a unified JSONL with box-only annotations (needs --sam-checkpoint and --image-root)",
+    "syn-captions": "a unified JSONL (needs --image-root; --captioner)",
     "grandf": "one GranD-f JSON (HA, OpenPSG, RefCOCOg-GCG, Flickr30k-GCG, or GLaMM's evaluation "
               "<split>_gcg_coco_mask_gt.json with its caption file beside it)",
 }
@@ -78,6 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "val images are left out (required for training splits)")
     parser.add_argument("--no-leakage-filter", action="store_true",
                         help="build a training split without the two leakage rules (data_builders/leakage.py)")
+    parser.add_argument("--records", choices=("mrseg", "unified"), default="mrseg",
+                        help="mrseg: the source's conversations (or GCG records); unified: "
+                             "QueryMeldNet's (text, box, mask) records, written to "
+                             "<source>.unified.jsonl (data_builders/unified.py)")
+    parser.add_argument("--sam-checkpoint", metavar="PTH",
+                        help="syn-m: an official SAM checkpoint (sam_vit_h_4b8939.pth ...) whose "
+                             "masks for the boxes are written (data_builders/syn_masks.py)")
+    parser.add_argument("--device", default="cpu", help="syn-m: torch device for SAM (default cpu)")
+    parser.add_argument("--captioner", default="template",
+                        help="syn-captions: the captioner (data_builders/captioner.py; default template)")
     parser.add_argument("--protocol", choices=("mrseg", "standard"), default="mrseg",
                         help="refcoco/+/g: multi-round conversations (mrseg, default) or the published "
                              "protocol, one expression per one-round record (standard, for segllm eval refer)")
@@ -89,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16,
                         help="synthetic-video: frames per clip; revos-frames / mevis-frames: "
                              "target frames drawn per expression")
+    parser.add_argument("--reference-frames", type=int, nargs=2, default=(8, 12),
+                        metavar=("MIN", "MAX"),
+                        help="revos-frames / mevis-frames: reference frames per record, a count "
+                             "drawn in MIN..MAX, the target among them (VISA: 8 12); 0 0: none")
     parser.add_argument("--plain-answers", action="store_true",
                         help="synthetic: answer 'Sure, [SEG].' instead of naming each target "
                              "before its [SEG] ('It is the red circle [SEG].')")
@@ -126,6 +148,14 @@ def make_builder(args):
         (path,) = _need(args, 1)
         cls = LvisBuilder if source == "lvis" else CocoInstancesBuilder
         return cls(path, split=args.split, **common)
+    if source == "coco-panoptic":
+        from .coco_panoptic import CocoPanopticBuilder
+
+        return CocoPanopticBuilder(*_need(args, 2), split=args.split, **common)
+    if source == "foreground":
+        from .foreground import ForegroundBuilder
+
+        return ForegroundBuilder(*_need(args, 2), split=args.split, **common)
     if source == "paco-lvis":
         from .paco import PacoBuilder
 
@@ -189,7 +219,8 @@ def _run(args: argparse.Namespace) -> int:
 
             summary = write_video_frames(args.source.split("-")[0], *_need(args, 1), args.output,
                                          frames_per_expression=args.frames, seed=args.seed,
-                                         split=args.split)
+                                         split=args.split,
+                                         reference_frames=tuple(args.reference_frames))
         elif args.source == "synthetic-video":  # ReVOS layout (segllm.data_builders.synthetic_video)
             from .synthetic_video import write_synthetic_videos
 
@@ -205,6 +236,10 @@ def _run(args: argparse.Namespace) -> int:
                                     workers=args.workers, describe=not args.plain_answers,
                                     allow_empty=args.allow_empty)
             summary = stats.to_dict()
+        elif args.source in ("syn-m", "syn-captions"):
+            summary = _build_synthetic_annotations(args)
+        elif args.records == "unified":
+            summary = _build_unified(args)
         else:
             builder = make_builder(args)
             output = os.path.join(args.output, f"{builder.name}.jsonl")
@@ -224,6 +259,46 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _build_unified(args: argparse.Namespace) -> dict:
+    """``--records unified``: ``DIR/<source>.unified.jsonl`` and its summary."""
+    from .unified import UNIFIED_TASKS
+
+    if args.source not in UNIFIED_TASKS:
+        raise SourceError(f"{args.source} has no unified records; sources with them: "
+                          f"{', '.join(sorted(UNIFIED_TASKS))}")
+    builder = make_builder(args)
+    output = os.path.join(args.output, f"{builder.name}.unified.jsonl")
+    stats = builder.build(output, progress=not args.no_progress, allow_empty=args.allow_empty,
+                          unified=True)
+    summary = stats.to_dict()
+    write_json(os.path.join(args.output, f"{builder.name}.unified.summary.json"), summary)
+    return summary
+
+
+def _build_synthetic_annotations(args: argparse.Namespace) -> dict:
+    """syn-m (SAM masks for boxes) and syn-captions: a unified JSONL in, one out beside the others."""
+    (input_path,) = _need(args, 1)
+    if not args.image_root:
+        raise SourceError(f"{args.source} reads the images: give --image-root")
+    if args.source == "syn-m":
+        from .syn_masks import SamBoxSegmenter, SynMaskBuilder
+
+        if not args.sam_checkpoint:
+            raise SourceError("syn-m needs --sam-checkpoint (an official SAM .pth)")
+        segmenter = SamBoxSegmenter.from_checkpoint(args.sam_checkpoint, device=args.device)
+        builder = SynMaskBuilder(input_path, segmenter, image_root=args.image_root)
+    else:
+        from .captioner import CAPTIONERS, CaptionBuilder
+
+        if args.captioner not in CAPTIONERS:
+            raise SourceError(f"unknown captioner {args.captioner!r}; one of {', '.join(sorted(CAPTIONERS))}")
+        builder = CaptionBuilder(input_path, CAPTIONERS[args.captioner](), image_root=args.image_root)
+    output = os.path.join(args.output, f"{builder.name}.unified.jsonl")
+    summary = builder.build(output, progress=not args.no_progress, allow_empty=args.allow_empty).to_dict()
+    write_json(os.path.join(args.output, f"{builder.name}.unified.summary.json"), summary)
+    return summary
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from .coco_format import annotation_to_obj, index_annotations, load_json
 from .compose import Planner
 from .geometry import Obj
 from .rounds import ALL_OF_CATEGORY_QUESTIONS, CATEGORY_QUESTIONS, clean_name, plural
+from .unified import crowd_fields, unified_annotation, unified_record
 
 
 class CocoInstancesBuilder(PerImageBuilder):
@@ -97,6 +98,30 @@ class CocoInstancesBuilder(PerImageBuilder):
             return None
         return {"id": record_id, "image": self.image_path(file_name), "height": int(image["height"]),
                 "width": int(image["width"]), "source": self.name, "split": self.split, "rounds": planner.rounds}
+
+    def _unified_record(self, image: dict, stats: BuildStats) -> dict | None:
+        """Every usable instance of the image as a (category, box, mask) triplet."""
+        record_id = f"{self.name}-{self.split}-{image['id']}"
+        file_name = self.file_name(image)
+        if self.image_missing(file_name):
+            stats.skip(record_id, "missing_image", file_name)
+            return None
+        annotations = []
+        for ann in self.anns_by_image.get(image["id"], []):
+            crowd = crowd_fields(ann, self.split)
+            if crowd is None:
+                stats.skip(f"{record_id}/ann {ann.get('id')}", "crowd_annotation")
+                continue
+            name = self.categories.get(ann["category_id"], "object")
+            obj = annotation_to_obj(ann, image, name, stats, record_id)
+            if obj is not None:
+                annotations.append(unified_annotation(name, rle=obj.extra["rle"], **crowd))
+        if not annotations:
+            stats.skip(record_id, "no_usable_instance")
+            return None
+        return unified_record(record_id=record_id, image=self.image_path(file_name),
+                              height=image["height"], width=image["width"], source=self.name,
+                              split=self.split, task="instance", annotations=annotations)
 
 
 class LvisBuilder(CocoInstancesBuilder):

@@ -93,7 +93,7 @@ def load_coco_image_ids(instances_file: str | os.PathLike) -> set[int]:
 
 
 COCO_PICTURE_SOURCES = ("refcoco", "refcoco+", "refcocog", "coco", "lvis", "paco-lvis", "coco-stuff",
-                        "visual-genome")
+                        "visual-genome", "coco-panoptic")
 """Sources whose pictures are COCO images (GranD-f's OpenPSG and RefCOCOg-GCG files too, see
 :func:`grandf_coco_layout`; the other GranD-f layouts are SA-1B and Flickr30k pictures)."""
 

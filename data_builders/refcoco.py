@@ -35,6 +35,7 @@ from .coco_format import SourceError, annotation_to_obj, index_annotations, load
 from .compose import Planner
 from .leakage import heldout_image_ids, load_refs
 from .rounds import clean_name, referring_question
+from .unified import unified_annotation, unified_record
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 PROTOCOLS = ("mrseg", "standard")
@@ -118,6 +119,37 @@ class RefCocoBuilder(Builder):
                 yield from self._standard_records(image_id, refs, stats)
             else:
                 yield from self._image_conversations(image_id, refs, stats)
+
+    def iter_unified_records(self, stats: BuildStats) -> Iterator[dict]:
+        """One record per image, one (expression, box, mask) triplet per expression of the
+        split (the standard protocol's every expression), with the same leakage rules."""
+        for image_id, refs in sorted(self._refs_by_image().items()):
+            if self.split == "train" and (self.is_excluded(image_id, stats)
+                                          or self._in_coco_val2017(image_id, stats)):
+                continue
+            record = self._unified_record(image_id, refs, stats)
+            if record is not None:
+                yield record
+
+    def _unified_record(self, image_id: int, refs: list[dict], stats: BuildStats) -> dict | None:
+        base_id = f"{self.dataset}-{self.split}-{image_id}"
+        image = self._image_or_skip(image_id, refs, base_id, stats)
+        if image is None:
+            return None
+        objects = self._objects(image, base_id, stats)
+        annotations = []
+        for r in sorted(refs, key=lambda r: r["ref_id"]):
+            obj = objects.get(r["ann_id"])
+            sentences = [s["sent"].strip() for s in r.get("sentences", []) if s.get("sent", "").strip()]
+            if obj is None or not sentences:
+                stats.skip(f"{base_id}/ref {r['ref_id']}", "unusable_annotation" if obj is None else "no_sentence")
+                continue
+            annotations += [unified_annotation(sentence, rle=obj.extra["rle"]) for sentence in sentences]
+        if not annotations:
+            return None
+        return unified_record(record_id=base_id, image=self.image_path(image["file_name"]),
+                              height=image["height"], width=image["width"], source=self.dataset,
+                              split=self.split, task="referring", annotations=annotations)
 
     def _in_coco_val2017(self, image_id: int, stats: BuildStats) -> bool:
         """The reverse rule: a training image that is a COCO-2017 val image (counted)."""

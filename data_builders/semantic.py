@@ -17,6 +17,7 @@ from .compose import Planner
 from .geometry import Obj
 from .leakage import coco_id_from_file_name
 from .rounds import SEMANTIC_QUESTIONS
+from .unified import unified_annotation, unified_record
 
 
 class SemanticMapBuilder(Builder):
@@ -51,11 +52,21 @@ class SemanticMapBuilder(Builder):
             if record is not None:
                 yield record
 
-    def _conversation(self, label_path: str, file_name: str, stats: BuildStats) -> dict | None:
+    def iter_unified_records(self, stats: BuildStats) -> Iterator[dict]:
+        for label_path, file_name in self.items():
+            record = self._unified_record(label_path, file_name, stats)
+            if record is not None:
+                yield record
+
+    def _record_id(self, file_name: str) -> tuple[str, str]:
+        stem = file_name.rsplit(".", 1)[0].replace("/", "_")
+        return stem, f"{self.name}-{self.split}-{stem}"
+
+    def _labels(self, label_path: str, file_name: str, record_id: str, stats: BuildStats) -> np.ndarray | None:
+        """The label map of an image that may be used (leakage, image present), else None
+        after counting why."""
         from PIL import Image, UnidentifiedImageError
 
-        stem = file_name.rsplit(".", 1)[0].replace("/", "_")
-        record_id = f"{self.name}-{self.split}-{stem}"
         if self.split == "train" and self.is_excluded(self.coco_image_id(file_name), stats):
             return None
         if self.image_missing(file_name):
@@ -68,6 +79,33 @@ class SemanticMapBuilder(Builder):
             return None
         if labels.ndim != 2:
             stats.skip(record_id, "unreadable_label_map", f"expected one channel, got shape {labels.shape}")
+            return None
+        return labels
+
+    def _unified_record(self, label_path: str, file_name: str, stats: BuildStats) -> dict | None:
+        """One (class, box, mask) triplet per class in the map: all its pixels, however few
+        (an evaluation set must hold every labelled pixel)."""
+        _, record_id = self._record_id(file_name)
+        labels = self._labels(label_path, file_name, record_id, stats)
+        if labels is None:
+            return None
+        annotations = []
+        for value in np.unique(labels).tolist():
+            name = self.class_name(value)
+            if name is not None:
+                annotations.append(unified_annotation(name, rle=encode_rle(labels == value)))
+        if not annotations:
+            stats.skip(record_id, "no_labelled_region")
+            return None
+        height, width = labels.shape
+        return unified_record(record_id=record_id, image=self.image_path(file_name), height=height,
+                              width=width, source=self.name, split=self.split, task="semantic",
+                              annotations=annotations)
+
+    def _conversation(self, label_path: str, file_name: str, stats: BuildStats) -> dict | None:
+        stem, record_id = self._record_id(file_name)
+        labels = self._labels(label_path, file_name, record_id, stats)
+        if labels is None:
             return None
         regions = []
         values, counts = np.unique(labels, return_counts=True)

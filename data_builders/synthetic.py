@@ -212,6 +212,9 @@ def generate_scene(rng: random.Random, image_size: int = 64) -> Scene:
 # --------------------------------------------------------------------------- rounds
 
 
+REFERRING_QUESTIONS = ("Segment the {d}.", "Please segment the {d}.", "Where is the {d}?")
+
+
 class _Conversation:
     """Rounds being built for one scene; each generator returns a round or ``None``."""
 
@@ -252,7 +255,7 @@ class _Conversation:
         if not pool:
             return None
         s = self.rng.choice(pool)
-        q = self.rng.choice(("Segment the {d}.", "Please segment the {d}.", "Where is the {d}?"))
+        q = self.rng.choice(REFERRING_QUESTIONS)
         return self._make(q.format(d=s.description), [s], "referring")
 
     def attribute(self):
@@ -358,7 +361,10 @@ class _Conversation:
         absent = [(c, k) for c in sorted(COLOURS) for k in sorted(CORNERS) if (c, k) not in present]
         colour, kind = self.rng.choice(absent)
         what = f"{colour} {KIND_NOUNS.get(kind, kind)}"
-        return self._make(f"Segment the {what}.", [], "referring", missing=what)
+        # the same wordings as a referring round: a wording used only for absent shapes
+        # would let the model answer from the words, not the picture
+        q = self.rng.choice(REFERRING_QUESTIONS)
+        return self._make(q.format(d=what), [], "referring", missing=what)
 
     GENERATORS = ("referring", "attribute", "semantic", "positional", "interactional",
                   "hierarchical", "reasoning", "no_target")

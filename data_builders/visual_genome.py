@@ -8,6 +8,11 @@ training gives such a target no mask loss and evaluation does not score it as a 
 box still counts for REC Acc@0.5), unless a tool replaces the rectangle by a real mask
 (SAM prompted by the box, QueryMeldNet's "syn-m") and drops the flag.
 Images that are also COCO images (``coco_id``) are subject to the RefCOCO/+/g exclusion.
+
+Unified detection records (``--records unified``) take every object of an image once: from
+``objects.json`` (``{"image_id", "objects": [{"object_id", "x", "y", "w", "h", "names"}]}``,
+all annotated objects) when that is the first input, else from the relationships' subjects and
+objects.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .coco_format import load_json
 from .compose import Planner
 from .geometry import Obj
 from .rounds import CATEGORY_QUESTIONS, clean_name, ref
+from .unified import unified_annotation, unified_record
 
 INTERACTION_QUESTIONS = ("Segment the {subject} that is {predicate} {ref}.",
                          "Which {subject} is {predicate} {ref}? Segment it.")
@@ -52,6 +58,50 @@ class VisualGenomeBuilder(Builder):
             if record is not None:
                 yield record
 
+    def iter_unified_records(self, stats: BuildStats) -> Iterator[dict]:
+        """Detection records: every object of an image's relationships once, its box as
+        annotated and no mask (``"rle": null``: no mask loss; ``syn_masks.py`` adds masks)."""
+        for entry in sorted(self.relationships, key=lambda e: e["image_id"]):
+            record = self._detection_record(entry, stats)
+            if record is not None:
+                yield record
+
+    def _usable_image(self, entry: dict, stats: BuildStats) -> tuple[str, dict] | None:
+        """(record id, image info) of an entry that may be used, else None (counted)."""
+        image_id = int(entry["image_id"])
+        record_id = f"{self.name}-{self.split}-{image_id}"
+        info = self.image_data.get(image_id)
+        if info is None:
+            stats.skip(record_id, "image_not_in_image_data")
+            return None
+        if self.split == "train" and self.is_excluded(info.get("coco_id"), stats):
+            return None
+        if self.image_missing(self.file_name(info)):
+            stats.skip(record_id, "missing_image", self.file_name(info))
+            return None
+        return record_id, info
+
+    def _detection_record(self, entry: dict, stats: BuildStats) -> dict | None:
+        usable = self._usable_image(entry, stats)
+        if usable is None:
+            return None
+        record_id, info = usable
+        objects: dict = {}
+        for raw in entry.get("objects", []):  # objects.json
+            self._obj(raw, info, objects, stats, record_id)
+        for rel in entry.get("relationships", []):
+            where = f"{record_id}/rel {rel.get('relationship_id')}"
+            for raw in (rel["subject"], rel["object"]):
+                self._obj(raw, info, objects, stats, where)
+        annotations = [unified_annotation(obj.name, bbox=obj.extra["ann"]["bbox"])
+                       for _, obj in sorted(objects.items(), key=lambda item: str(item[0]))]
+        if not annotations:
+            stats.skip(record_id, "no_usable_object")
+            return None
+        return unified_record(record_id=record_id, image=self.image_path(self.file_name(info)),
+                              height=info["height"], width=info["width"], source=self.name,
+                              split=self.split, task="detection", annotations=annotations)
+
     @staticmethod
     def file_name(info: dict) -> str:
         """``.../VG_100K_2/1.jpg`` -> ``VG_100K_2/1.jpg``, as the images are unpacked."""
@@ -76,18 +126,12 @@ class VisualGenomeBuilder(Builder):
         return obj
 
     def _conversation(self, entry: dict, stats: BuildStats) -> dict | None:
+        usable = self._usable_image(entry, stats)
+        if usable is None:
+            return None
+        record_id, info = usable
         image_id = int(entry["image_id"])
-        record_id = f"{self.name}-{self.split}-{image_id}"
-        info = self.image_data.get(image_id)
-        if info is None:
-            stats.skip(record_id, "image_not_in_image_data")
-            return None
-        if self.split == "train" and self.is_excluded(info.get("coco_id"), stats):
-            return None
         file_name = self.file_name(info)
-        if self.image_missing(file_name):
-            stats.skip(record_id, "missing_image", file_name)
-            return None
         objects: dict = {}
         groups: dict[tuple, list[Obj]] = defaultdict(list)
         for rel in entry.get("relationships", []):

@@ -4,6 +4,8 @@
                 (--model DIR --images ROOT | --predictions FILE [FILE])
     segllm eval revos|mevis --data meta_expressions.json --output DIR
                 (--model DIR | --predictions FILE)       # segllm.eval.video_cli
+    segllm eval instance|detection|panoptic|semantic|referring|foreground
+                --data UNIFIED.jsonl --predictions FILE --output DIR   # segllm.eval.unified_cli
 
 Round tasks with ``--model`` run in the modes of ``--ref-mode`` (``mrseg`` default: both, the
 model's own earlier masks fed back and ground-truth references; the others: own). With
@@ -20,9 +22,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from .unified_cli import UNIFIED_TASKS, run_unified
 from .video_cli import VIDEO_TASKS, add_video_arguments, run_video
 
-TASKS = ("mrseg", "refer", "reasonseg", "gcg", *VIDEO_TASKS)
+TASKS = ("mrseg", "refer", "reasonseg", "gcg", *VIDEO_TASKS, *UNIFIED_TASKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task in VIDEO_TASKS:  # ReVOS / MeViS: segllm.eval.video_cli
         return run_video(args)
+    if args.task in UNIFIED_TASKS:  # unified (c, b, m) records: segllm.eval.unified_cli
+        return run_unified(args)
 
     from .errors import EvalInputError
     from .runners import run_gcg, run_round_task

@@ -10,7 +10,8 @@ Inputs are per-image dicts with COCO RLE masks (any JSON spelling of ``segllm.ma
 Definitions:
 
 - **AP** (``coco_ap``): pycocotools COCOeval, ``iou_type="segm"`` on masks or ``"bbox"`` on boxes;
-  returns AP (0.50:0.95), AP50 and AP75 (``stats[0:3]``), 100 detections per image.
+  returns AP (0.50:0.95), AP50 and AP75 (``stats[0:3]``), 100 detections per image, and the
+  precision-recall curves behind them (mean over categories, all areas).
 - **PQ** (``panoptic_quality``, Kirillov et al., as panopticapi): per category, a predicted and a
   ground-truth segment match when IoU > 0.5 (unique for non-overlapping segments); the union
   leaves out the predicted pixels on void; an unmatched prediction lying more than half on void
@@ -45,8 +46,10 @@ def _category_ids(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[
 def coco_ap(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[dict]], iou_type: str = "segm") -> dict:
     """COCO AP, AP50, AP75 of ``predictions`` against ``gt_images`` (see module docstring).
 
-    Returns ``{"ap", "ap50", "ap75", "iou_type"}``; NaN when there is no ground truth, 0 when no
-    predictions.
+    Returns ``{"ap", "ap50", "ap75", "iou_type", "pr_curve"}``; NaN when there is no ground
+    truth, 0 when no predictions. ``pr_curve``: COCOeval's 101 recall points and the precision
+    at each, at IoU 0.5, at 0.75 and averaged over the ten thresholds (``None`` where no
+    category reaches that recall); empty without ground truth or predictions.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -81,9 +84,9 @@ def coco_ap(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[dict]]
             results.append(res)
     nan = float("nan")
     if not dataset["annotations"]:
-        return {"ap": nan, "ap50": nan, "ap75": nan, "iou_type": iou_type}
+        return {"ap": nan, "ap50": nan, "ap75": nan, "iou_type": iou_type, "pr_curve": {}}
     if not results:
-        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "iou_type": iou_type}
+        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "iou_type": iou_type, "pr_curve": {}}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = dataset
@@ -94,7 +97,34 @@ def coco_ap(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[dict]]
         evaluator.accumulate()
         evaluator.summarize()
     ap, ap50, ap75 = (max(float(v), 0.0) for v in evaluator.stats[:3])
-    return {"ap": ap, "ap50": ap50, "ap75": ap75, "iou_type": iou_type}
+    return {"ap": ap, "ap50": ap50, "ap75": ap75, "iou_type": iou_type,
+            "pr_curve": _pr_curve(evaluator)}
+
+
+def _pr_curve(evaluator) -> dict:
+    """Precision at COCOeval's recall points, mean over categories (-1: category without
+    ground truth, left out), all areas, 100 detections."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [IoU thresholds, recall, category]
+    valid = precision > -1
+    with np.errstate(invalid="ignore"):
+        per_iou = np.where(valid.any(2), np.where(valid, precision, 0).sum(2) / valid.sum(2), np.nan)
+    thresholds = list(np.round(evaluator.params.iouThrs, 2))
+
+    def listed(row: np.ndarray) -> list:
+        return [None if not np.isfinite(v) else float(v) for v in row]
+
+    return {"recall": [float(r) for r in evaluator.params.recThrs],
+            "iou50": listed(per_iou[thresholds.index(0.5)]),
+            "iou75": listed(per_iou[thresholds.index(0.75)]),
+            "mean": listed(_mean_over_rows(per_iou))}
+
+
+def _mean_over_rows(values: np.ndarray) -> np.ndarray:
+    """Column means of the finite entries; NaN for a column with none."""
+    finite = np.isfinite(values)
+    counts = finite.sum(0)
+    sums = np.where(finite, values, 0.0).sum(0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def panoptic_quality(gt_images: Sequence[dict], predictions: Mapping[str, Sequence[dict]]) -> dict:

@@ -34,6 +34,10 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                        "--data when there; else R uses the union of the video's objects)")
     group.add_argument("--candidates", type=int, default=8,
                        help="with --model: frames the query is asked on to choose the target")
+    group.add_argument("--global-frames", type=int, default=8,
+                       help="with --model: VISA's global reference frames (over the video)")
+    group.add_argument("--local-frames", type=int, default=4,
+                       help="with --model: VISA's local reference frames (around the target)")
     group.add_argument("--propagation", choices=("reprompt", "sam2"), default="reprompt",
                        help="with --model: reprompt (weight-free) or sam2 (needs sam2)")
     group.add_argument("--sam2-config", help="with --propagation sam2: SAM2 model config")

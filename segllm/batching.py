@@ -7,7 +7,7 @@ references are fed back teacher-forced (the ground-truth masks), as SegLLM train
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ class SegBatch:
     ref_rounds: list[torch.Tensor]  # per sample [r_i] long: round of the question of each slot
     num_rounds: list[int]  # rounds kept per sample
     dropped_rounds: list[int]  # rounds dropped by the length limit per sample
+    # a video's reference frames (VISA): [F, 3, S, S] CLIP input of the whole batch, sample
+    # by sample (None when no sample has any), and how many are each sample's
+    frame_pixel_values: torch.Tensor | None = None
+    frame_counts: list[int] = field(default_factory=list)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SegBatch:
         """Move tensors to ``device``; floating image tensors also to ``dtype`` when given."""
@@ -68,7 +72,7 @@ class SegBatch:
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "decoder_pixel_values", "decoder_input_sizes",
                 "original_sizes", "pixel_values", "ref_pixel_values", "ref_boxes", "ref_rounds",
-                "round_ids", "seg_ref_masks", "sample_ids")
+                "round_ids", "seg_ref_masks", "sample_ids", "frame_pixel_values", "frame_counts")
 
 
 def record_turns(record: dict) -> list[Turn]:
@@ -118,15 +122,39 @@ class EncodedSample:
     ref_pixel_values: torch.Tensor
     ref_boxes: torch.Tensor
     ref_rounds: torch.Tensor
+    frame_pixel_values: torch.Tensor | None = None  # [F, 3, S, S] reference frames (video)
 
 
-def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> EncodedSample:
-    """Tokens, image tensors, targets and teacher-forced reference crops of one record."""
+def reference_frame_pixels(record: dict, frames, config: SegLLMConfig) -> torch.Tensor:
+    """CLIP input of a record's reference frames (``reference_frames``, VISA's): [F, 3, S, S],
+    F = 0 for a record without them. ``frames``: the loaded images, in the record's order."""
+    sample = record.get("id", "?")
+    listed = record.get("reference_frames") or []
+    frames = list(frames or [])
+    if len(frames) != len(listed):
+        raise ConversationError(f"sample {sample!r}: the record lists {len(listed)} reference "
+                                f"frame(s) but {len(frames)} were loaded")
+    if frames and config.video.tokens_per_frame == 0:
+        raise ConversationError(f"sample {sample!r}: the record has reference frames but the "
+                                "model takes none (config.video.tokens_per_frame is 0)")
+    size = config.vision.image_size
+    if not frames:
+        return torch.zeros((0, 3, size, size))
+    return torch.stack([preprocess_clip(to_image_tensor(f), size, aspect=config.vision.aspect)
+                        for f in frames])
+
+
+def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig, *,
+                  reference_frames=None) -> EncodedSample:
+    """Tokens, image tensors, targets and teacher-forced reference crops of one record;
+    ``reference_frames``: the images of its ``reference_frames`` (a video frame's record)."""
     sample = record.get("id", "?")
     pixels = to_image_tensor(image)
     size = (int(pixels.shape[1]), int(pixels.shape[2]))
+    frames = reference_frame_pixels(record, reference_frames, config)
     conv = encode_conversation(record_turns(record), tokenizer, config.token_ids,
-                               config.vision.num_image_tokens, config.max_length, sample=sample)
+                               config.vision.num_image_tokens, config.max_length, sample=sample,
+                               num_frame_tokens=len(frames) * config.video.tokens_per_frame)
     masks = round_masks(record, size)
     targets = [masks[r][j] for r, j in conv.seg_targets]
     crop_size = config.vision.image_size
@@ -147,7 +175,8 @@ def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> Encod
     seg_refs = [union.get(r, np.zeros(size, dtype=bool)) for r, _ in conv.seg_targets]
     return EncodedSample(
         sample_id=sample, conversation=conv,
-        pixel_values=preprocess_clip(pixels, crop_size), decoder_pixel_values=decoder_pixels,
+        pixel_values=preprocess_clip(pixels, crop_size, aspect=config.vision.aspect),
+        decoder_pixel_values=decoder_pixels,
         decoder_input_size=decoder_size, original_size=size,
         target_masks=torch.from_numpy(np.stack(targets)).float() if targets
         else torch.zeros((0, *size)),
@@ -159,6 +188,7 @@ def encode_sample(record: dict, image, tokenizer, config: SegLLMConfig) -> Encod
         ref_pixel_values=torch.stack(crops) if crops else torch.zeros((0, 3, crop_size, crop_size)),
         ref_boxes=torch.stack(boxes) if boxes else torch.zeros((0, 4)),
         ref_rounds=torch.tensor([q for q, _, _ in conv.ref_slots], dtype=torch.long),
+        frame_pixel_values=frames,
     )
 
 
@@ -189,7 +219,34 @@ def collate(samples: Sequence[EncodedSample], pad_id: int) -> SegBatch:
         ref_rounds=[s.ref_rounds for s in samples],
         num_rounds=[c.num_rounds for c in convs],
         dropped_rounds=[c.dropped_rounds for c in convs],
+        frame_pixel_values=_frames_of(samples),
+        frame_counts=[_frame_count(s) for s in samples],
     )
+
+
+def _frame_count(sample: EncodedSample) -> int:
+    return 0 if sample.frame_pixel_values is None else len(sample.frame_pixel_values)
+
+
+def _frames_of(samples: Sequence[EncodedSample]) -> torch.Tensor | None:
+    """Every sample's reference frames in batch order; None when there are none."""
+    frames = [s.frame_pixel_values for s in samples if _frame_count(s)]
+    return torch.cat(frames) if frames else None
+
+
+def sequence_length(record: dict, tokenizer, config: SegLLMConfig) -> int:
+    """Tokens of a record's sequence as ``encode_sample`` builds it, from its text alone (no
+    image is read): what length bucketing sorts by (``segllm.train.data``)."""
+    frames = len(record.get("reference_frames") or []) * config.video.tokens_per_frame
+    conv = encode_conversation(record_turns(record), tokenizer, config.token_ids,
+                               config.vision.num_image_tokens, config.max_length,
+                               sample=record.get("id", "?"), num_frame_tokens=frames)
+    return len(conv.input_ids)
+
+
+def padding_fraction(batch: SegBatch) -> float:
+    """Share of a batch's token slots that are padding."""
+    return 1.0 - float(batch.attention_mask.float().mean())
 
 
 def build_batch(items: Sequence[tuple[dict, object]], tokenizer, config: SegLLMConfig) -> SegBatch:

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "video": ("segllm.commands.video", "segment a query through a video (frames or a file)"),
     "serve": ("segllm.demo.app", "start the web demo"),
     "demo": ("segllm.commands.demo", "run the shipped small model end to end"),
+    "convert": ("segllm.commands.convert", "convert a LISA checkpoint into a segllm model"),
 }
 
 

@@ -54,6 +54,9 @@ class VisionConfig:
     projection_dim: int = 768
     feature_layer: int = -2  # LLaVA-1.5 reads the penultimate layer
     select_strategy: Literal["default", "full"] = "default"  # "default" drops the CLS token
+    # how a non-square image becomes the tower's square: LLaVA-1.5 pads it with the mean colour;
+    # LISA (CLIPImageProcessor) resizes its short side and takes the centre ("crop")
+    aspect: Literal["pad", "crop"] = "pad"
 
     @property
     def num_image_tokens(self) -> int:
@@ -63,8 +66,10 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """The V2L projector: LLaVA-1.5's mlp2x_gelu (Linear, GELU, Linear)."""
+    """The V2L projector: LLaVA-1.5's mlp2x_gelu (Linear, GELU, Linear), or LLaVA-1's single
+    Linear (``kind: linear``, e.g. LISA's ``mm_projector``; ``hidden_act`` is then unused)."""
 
+    kind: Literal["mlp", "linear"] = "mlp"
     hidden_act: str = "gelu"
     bias: bool = True
 
@@ -85,12 +90,42 @@ class MaskEncoderConfig:
 
 
 @dataclass
+class RegionEncoderConfig:
+    """GLaMM's region encoder (segllm/modeling/region_encoder.py): a box given with the
+    question becomes one ``<bbox>`` token built from ``num_levels`` CLIP layers
+    ``layer_step`` apart. Off unless a converted GLaMM checkpoint turns it on."""
+
+    enabled: bool = False
+    num_levels: int = 4
+    layer_step: int = 3
+    num_fuse: int = 5
+    roi_size: int = 14
+    query_dim: int = 1024
+    box_hidden: int = 256
+    norm_groups: int = 64
+    box_scale: float = 224.0  # GLaMM scales normalised boxes by 224 (not its 336 px image)
+
+
+@dataclass
 class SegHeadConfig:
     """The MLP from the LLM hidden state that predicts [SEG] to decoder prompt embeddings."""
 
     hidden_dim: int | None = None  # None: the LLM's hidden size (LISA's text_hidden_fcs)
     num_prompt_tokens: int = 1
     dropout: float = 0.0
+
+
+@dataclass
+class VideoConfig:
+    """Video input (VISA): reference frames given to the LLM beside the target frame.
+
+    Each reference frame's patch features are average-pooled to ``tokens_per_frame`` tokens
+    (VISA: 112, Chat-UniVi's count) before the projector and written into as many ``<frame>``
+    slots, placed before the image's tokens. 0: the model takes no reference frames (models
+    trained before video input).
+    """
+
+    tokens_per_frame: int = 0
 
 
 @dataclass
@@ -139,7 +174,12 @@ class SegLLMConfig:
     # earlier masks at inference).
     mask_aware_decoding: bool = False
     mask_encoder: MaskEncoderConfig = field(default_factory=MaskEncoderConfig)
+    region_encoder: RegionEncoderConfig = field(default_factory=RegionEncoderConfig)
+    # the first round's prompt: "llava_v1" puts the image right after "USER: "; "glamm" says
+    # "The <image> provides an overview of the picture." first (GLaMM's app.py / training)
+    prompt_template: Literal["llava_v1", "glamm"] = "llava_v1"
     seg_head: SegHeadConfig = field(default_factory=SegHeadConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -150,7 +190,7 @@ class SegLLMConfig:
     token_ids: dict[str, int] = field(
         default_factory=lambda: {
             "image": 32000, "pad": 32001, "seg": 32002, "mask_crop": 32003, "mask_box": 32004,
-            "phrase_start": 32005, "phrase_end": 32006, "bos": 1, "eos": 2,
+            "phrase_start": 32005, "phrase_end": 32006, "frame": 32007, "bos": 1, "eos": 2,
         }
     )
 
@@ -302,6 +342,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder_config": _TINY_DECODER,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         "trainable": {"llm": "lora"},
+        "video": {"tokens_per_frame": 4},
         "tokenizer": "tiny",
         "max_length": 1024,
     },
@@ -321,6 +362,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                            "decoder_mlp_dim": 512, "decoder_num_heads": 8,
                            "iou_head_hidden_dim": 128},
         "trainable": {"llm": "full", "decoder": {"mask_decoder": True}},
+        "video": {"tokens_per_frame": 16},
         "tokenizer": "tiny",
         "max_length": 2048,
     },
@@ -351,12 +393,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # SegLLM on LLaVA-1.5-7B: CLIP ViT-L/14-336, mlp2x_gelu, Vicuna-7B, the decoder at its
     # default sizes (ViT-H), mask encoder, mask-aware decoding and SegLLM's mask-token dropout
-    # (0.5 in training, x0.5 at inference).
+    # (0.5 in training, x0.5 at inference); video reference frames pooled to VISA's 112 tokens.
     # Design card: CLIP and the mask decoder frozen; LLM, projector, box head, seg head trained.
     "segllm-7b": {
         "decoder": "sam",
         "mask_aware_decoding": True,
         "mask_encoder": {"token_dropout": 0.5, "inference_scale": 0.5},
+        "video": {"tokens_per_frame": 112},
         "trainable": {"llm": "full"},
     },
     # LISA-7B: CLIP ViT-L/14 at 224, the decoder at its default sizes (ViT-H), LoRA r=8
@@ -369,6 +412,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
         "trainable": {"llm": "lora", "decoder": {"mask_decoder": True}},
     },
+    # GLaMM-7B (converted only): CLIP ViT-L/14-336, mlp2x_gelu, Vicuna-7B, SAM ViT-H, its
+    # region encoder for boxes given with the question, its prompt template, no mask encoder;
+    # LoRA is merged in the released weights.
+    "glamm-7b": {
+        "decoder": "sam",
+        "mask_encoder": {"enabled": False},
+        "region_encoder": {"enabled": True},
+        "prompt_template": "glamm",
+        "trainable": {"llm": "full", "decoder": {"mask_decoder": True}},
+    },
     # SegLLM as the paper trains it: the segllm-7b setup with HIPIE-R50 as the decoder (frozen;
     # the LLM and projector train fully), prompted by 8 [SEG] tokens of 768 (hipie_utils.py's
     # output_token_dim = 768 * 8), references supervised as a second class.
@@ -377,6 +430,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seg_head": {"num_prompt_tokens": 8},
         "mask_aware_decoding": True,
         "mask_encoder": {"token_dropout": 0.5, "inference_scale": 0.5},
+        "video": {"tokens_per_frame": 112},
         "trainable": {"llm": "full"},
     },
 }
@@ -395,4 +449,26 @@ PRESETS["hipie-tiny"] = {
     },
     "seg_head": {"num_prompt_tokens": 2},
     "mask_aware_decoding": True,
+}
+
+# SegLLM with the QueryMeldNet-style decoder (decoder: querymeld): the segllm-7b-hipie setup
+# (decoder frozen, 8 [SEG] prompt tokens of 768, references a second supervised class) with
+# 100 learnable + 300 conditional queries melded by dual-query cross-attention.
+PRESETS["segllm-7b-querymeld"] = {
+    **copy.deepcopy(PRESETS["segllm-7b-hipie"]),
+    "decoder": "querymeld",
+    "decoder_config": {"prompt_dim": 768},
+}
+
+# CPU tests of decoder: querymeld (the hipie-tiny sizes; 4 learnable + 8 conditional queries).
+PRESETS["querymeld-tiny"] = {
+    **copy.deepcopy(PRESETS["hipie-tiny"]),
+    "decoder": "querymeld",
+    "decoder_config": {
+        "image_size": 64, "backbone_block": "basic", "backbone_layers": [1, 1, 1, 1],
+        "hidden_dim": 32, "mask_dim": 32, "prompt_dim": 32, "encoder_layers": 2,
+        "encoder_ffn_dim": 64, "decoder_layers": 2, "decoder_ffn_dim": 64, "num_heads": 2,
+        "num_points": 2, "num_learnable": 4, "num_conditional": 8, "query_strategy": "meld",
+        "loss": {"num_points": 256},
+    },
 }

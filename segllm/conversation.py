@@ -5,6 +5,8 @@ A conversation becomes one token sequence::
     <s> {system} USER: <image>*N \\n {q0} ASSISTANT: {a0}</s>USER: {q1} ASSISTANT: {a1}</s>...
 
 - ``<image>`` expands to one image token per vision feature (N from the vision config).
+  A video's reference frames come just before it, as ``<frame>`` slots (``num_frame_tokens``:
+  the frames times ``config.video.tokens_per_frame``), in the frames' temporal order.
 - ``<ref:k>`` in a question expands to ``<mask_crop><mask_box>`` once per mask of round k;
   the model writes the mask encoder's two tokens into those slots. At inference ``<region>`` /
   ``<region:i>`` expands to one such pair for a region mask given with the question.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .tokens import (
+    FRAME_TOKEN,
     IMAGE_TOKEN,
     MASK_BOX_TOKEN,
     MASK_CROP_TOKEN,
@@ -67,10 +70,18 @@ class EncodedConversation:
     seg_targets: list[tuple[int, int]] = field(default_factory=list)
 
 
-def round_prefix(question: str, round_index: int) -> str:
+IMAGE_LINES = {
+    "llava_v1": f"{IMAGE_TOKEN}\n",
+    # GLaMM's app.py and training data introduce the image with a sentence
+    "glamm": f"The {IMAGE_TOKEN} provides an overview of the picture.\n",
+}
+"""How the first round introduces the image, per ``config.prompt_template``."""
+
+
+def round_prefix(question: str, round_index: int, template: str = "llava_v1") -> str:
     """The text before an answer; round 0 carries the system prompt and the image."""
     if round_index == 0:
-        return f"{SYSTEM_PROMPT} {USER}: {IMAGE_TOKEN}\n{question} {ASSISTANT}:"
+        return f"{SYSTEM_PROMPT} {USER}: {IMAGE_LINES[template]}{question} {ASSISTANT}:"
     return f"{USER}: {question} {ASSISTANT}:"
 
 
@@ -134,11 +145,14 @@ def expand_refs(question: str, masks_per_round: Sequence[int], round_index: int,
 
 def encode_conversation(turns: Sequence[Turn], tokenizer, token_ids: dict[str, int],
                         num_image_tokens: int, max_length: int | None = None,
-                        sample: str = "?", add_generation_prompt: bool = False
-                        ) -> EncodedConversation:
-    """Tokenize a conversation with the vicuna_v1 template.
+                        sample: str = "?", add_generation_prompt: bool = False,
+                        num_frame_tokens: int = 0,
+                        template: str = "llava_v1") -> EncodedConversation:
+    """Tokenize a conversation with the vicuna_v1 template (``template``: how round 0
+    introduces the image, ``IMAGE_LINES``).
 
     ``add_generation_prompt``: the last turn has no answer yet; stop after ``ASSISTANT:``.
+    ``num_frame_tokens``: reference-frame slots before the image's tokens (video input).
     Raises ``ConversationError`` naming the sample and round for a bad reference, a
     ``[SEG]`` count that differs from the round's targets, or a first round over the limit.
     """
@@ -150,7 +164,8 @@ def encode_conversation(turns: Sequence[Turn], tokenizer, token_ids: dict[str, i
     for r, turn in enumerate(turns):
         ids, labels, slots, segs = encode_round(
             turn, r, masks_per_round, tokenizer, token_ids, num_image_tokens, sample,
-            generation=add_generation_prompt and r == len(turns) - 1)
+            generation=add_generation_prompt and r == len(turns) - 1,
+            num_frame_tokens=num_frame_tokens, template=template)
         if max_length is not None and len(enc.input_ids) + len(ids) > max_length:
             if r == 0:
                 raise ConversationError(
@@ -178,21 +193,32 @@ class EncodedRound(NamedTuple):
 
 def encode_round(turn: Turn, r: int, masks_per_round: Sequence[int], tokenizer,
                  token_ids: dict[str, int], num_image_tokens: int, sample: str,
-                 generation: bool = False, num_regions: int | None = None) -> EncodedRound:
+                 generation: bool = False, num_regions: int | None = None,
+                 num_frame_tokens: int = 0, template: str = "llava_v1") -> EncodedRound:
     """Token ids and labels of one round; see ``encode_conversation`` (``num_regions``:
-    see ``expand_refs``)."""
+    see ``expand_refs``; ``num_frame_tokens``: round 0's reference-frame slots; ``template``:
+    ``config.prompt_template``). With a region encoder (``token_ids`` has ``region``) a
+    region tag is one ``<bbox>`` slot instead of a mask-encoder pair."""
     where = f"sample {sample!r} round {r}"
     if not turn.question or not turn.question.strip():
         raise ConversationError(f"{where}: the question is empty")
-    for token in (SEG_TOKEN, IMAGE_TOKEN, MASK_CROP_TOKEN, MASK_BOX_TOKEN):
+    for token in (SEG_TOKEN, IMAGE_TOKEN, MASK_CROP_TOKEN, MASK_BOX_TOKEN, FRAME_TOKEN):
         if token in turn.question:
             raise ConversationError(f"{where}: the question may not contain {token!r}")
     question, slots = expand_refs(turn.question, masks_per_round, r, sample,
                                   num_regions=num_regions)
-    before, _, after = round_prefix(question, r).partition(IMAGE_TOKEN)
+    if "region" in token_ids and num_regions is not None:
+        question, slots = _region_slots(question, slots, tokenizer, token_ids)
+    before, _, after = round_prefix(question, r, template).partition(IMAGE_TOKEN)
+    if r == 0:
+        before, after = _wrap_image(tokenizer, token_ids, before, after)
     ids = _tok(tokenizer, before)
     if r == 0:
-        ids += [token_ids["image"]] * num_image_tokens + _tok(tokenizer, after)
+        ids += _frame_slots(token_ids, num_frame_tokens, where)
+        image = [token_ids["image"]] * num_image_tokens
+        if "image_start" in token_ids:
+            image = [token_ids["image_start"], *image, token_ids["image_end"]]
+        ids += image + _tok(tokenizer, after)
     labels = [IGNORE_INDEX] * len(ids)
     segs: list[tuple[int, int]] = []
     if not generation:
@@ -211,6 +237,45 @@ def encode_round(turn: Turn, r: int, masks_per_round: Sequence[int], tokenizer,
     if n_slots != len(slots) or ids.count(token_ids["mask_box"]) != len(slots):
         raise ConversationError(f"{where}: the tokenizer split a mask-encoder slot token")
     return EncodedRound(input_ids=ids, labels=labels, ref_slots=slots, seg_targets=segs)
+
+
+def _region_slots(question: str, slots, tokenizer, token_ids: dict[str, int]):
+    """Region-encoder models (GLaMM): each region's mask-encoder pair becomes the region
+    token (``<bbox>``); region slots leave ``slots`` (the model fills them from the boxes)."""
+    pair = MASK_CROP_TOKEN + MASK_BOX_TOKEN
+    regions = [s for s in slots if s[1] == REGION_ROUND]
+    kept = [s for s in slots if s[1] != REGION_ROUND]
+    # region pairs and reference pairs are interleaved in text order: rebuild in that order
+    pieces = question.split(pair)
+    out = pieces[0]
+    for slot, piece in zip(slots, pieces[1:], strict=True):
+        token = tokenizer.convert_ids_to_tokens(token_ids["region"])
+        out += (token if slot in regions else pair) + piece
+    return out, kept
+
+
+def _frame_slots(token_ids: dict[str, int], count: int, where: str) -> list[int]:
+    if count and "frame" not in token_ids:
+        raise ConversationError(f"{where}: reference frames were given but the tokenizer has no "
+                                f"{FRAME_TOKEN} token (a model from before video input)")
+    return [token_ids["frame"]] * count if count else []
+
+
+def _wrap_image(tokenizer, token_ids: dict[str, int], before: str, after: str
+                ) -> tuple[str, str]:
+    """LLaVA-1 templates (LISA's ``<im_start><image><im_end>``) put the image between two
+    tokens, named in ``token_ids`` as ``image_start`` / ``image_end``; ``encode_round`` places
+    their ids. The text beside them loses its spaces where the tokenizer's own added-token
+    rules (``lstrip`` / ``rstrip``) say so, as the tokenizer would do with the token in text."""
+    if "image_start" not in token_ids:
+        return before, after
+    added = tokenizer.added_tokens_decoder
+    start, end = added.get(token_ids["image_start"]), added.get(token_ids["image_end"])
+    if start is not None and start.lstrip:
+        before = before.rstrip()
+    if end is not None and end.rstrip:
+        after = after.lstrip()
+    return before, after
 
 
 def _tok(tokenizer, text: str) -> list[int]:

@@ -42,20 +42,27 @@ def check_record_images(jsonl: str | os.PathLike, records: Sequence[dict], image
 
 
 def _record_problem(record: dict, root: Path, sizes: dict) -> str | None:
-    relative = record.get("image")
+    problem = _image_problem(record.get("image"), record, root, sizes)
+    for frame in record.get("reference_frames") or []:  # a video record's frames: same size
+        problem = problem or _image_problem(frame, record, root, sizes, what="reference frame")
+    return problem
+
+
+def _image_problem(relative, record: dict, root: Path, sizes: dict,
+                   what: str = "image") -> str | None:
     if not isinstance(relative, str) or not relative:
-        return "no 'image' path"
+        return f"no {what!r} path"
     if os.path.isabs(relative) or escapes_root(relative):
-        return f"image path {relative!r} leads out of the image root {root}"
+        return f"{what} path {relative!r} leads out of the image root {root}"
     path = root / relative
     if path not in sizes:
         sizes[path] = _header_size(path)
     size = sizes[path]
     if isinstance(size, str):
-        return f"image {path}: {size}"
+        return f"{what} {path}: {size}"
     want = (record.get("width"), record.get("height"))
     if all(isinstance(v, int) for v in want) and size != want:
-        return (f"image {path} is {size[0]}x{size[1]} (w x h), the record says "
+        return (f"{what} {path} is {size[0]}x{size[1]} (w x h), the record says "
                 f"{want[0]}x{want[1]}")
     return None
 

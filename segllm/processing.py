@@ -66,10 +66,36 @@ def clip_normalize(image: torch.Tensor) -> torch.Tensor:
     return (image / 255.0 - mean) / std
 
 
-def preprocess_clip(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, size, size] float: pad to square, resize, normalise."""
+def preprocess_clip(image: torch.Tensor, size: int, aspect: str = "pad") -> torch.Tensor:
+    """uint8 [3, H, W] -> [3, size, size] float, normalised. ``aspect="pad"`` (LLaVA-1.5):
+    pad to a square with the mean colour, resize. ``"crop"`` (CLIPImageProcessor, as LISA
+    uses it): resize the short side to ``size`` (bicubic), take the centre square."""
+    if aspect == "crop":
+        return clip_normalize(center_crop(resize_short_side(image, size), size))
+    if aspect != "pad":
+        raise ValueError(f"aspect must be 'pad' or 'crop', got {aspect!r}")
     square = pad_to_square(image.float(), _mean_color(image.device))
     return clip_normalize(resize_image(square, (size, size)))
+
+
+def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, H, W] -> float [3, h, w] in 0-255 with min(h, w) = ``size`` (the long side
+    truncated, as transformers' image processors compute it), bicubic, rounded like a uint8
+    image."""
+    _, h, w = image.shape
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    target = (size, new_long) if h <= w else (new_long, size)
+    resized = F.interpolate(image[None].float(), size=target, mode="bicubic",
+                            align_corners=False, antialias=True)[0]
+    return resized.clamp(0, 255).round()
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of [3, H, W] (top-left rounded down)."""
+    _, h, w = image.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[:, top:top + size, left:left + size]
 
 
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:

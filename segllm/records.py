@@ -14,6 +14,14 @@ Unified segmentation (QueryMeldNet's (c, b, m) triplets)::
 
     {"image", "task", "annotations": [{"text", "bbox", "rle" | null}]}
 
+  ``rle: null`` marks a box-only annotation (detection, Visual Genome): no mask loss in
+  training, box AP only in evaluation. The builders also write ``id``, ``height``, ``width``,
+  ``source`` and ``split``; an annotation may carry ``"iscrowd": true`` (a COCO crowd region,
+  written for evaluation splits only: not a training target, detections on it are ignored),
+  ``"isthing"`` (panoptic: a thing or a stuff class), ``"texts"`` (alternative captions of the
+  region, ``text`` being the first) and ``"synthetic"`` (which of ``"mask"`` and ``"text"`` a
+  tool made: ``data_builders/syn_masks.py``, ``data_builders/captioner.py``).
+
 Optional fields this module accepts (and the builders write) beyond the design's sketch:
 
 - a target may carry ``"box_derived": true`` when its mask was filled from a box (Visual
@@ -21,7 +29,10 @@ Optional fields this module accepts (and the builders write) beyond the design's
   polygons), ``"label"`` (the source's class or phrase, for inspection) and ``"ann_bbox"``
   (the source annotation's own ``[x, y, w, h]`` box, which REC Acc@0.5 scores against; it
   may differ from ``bbox``, the mask's tight box);
-- a GCG phrase may carry ``"bbox"``; any record may carry ``"meta"`` (a dict).
+- a GCG phrase may carry ``"bbox"``; any record may carry ``"meta"`` (a dict);
+- a conversation about a video frame may carry ``"reference_frames"``: the paths of the
+  video's reference frames (VISA's, in temporal order, relative like ``image``, each the size
+  of ``image``), given to the LLM beside the frame (``data_builders/video_frames.py``).
 
 Image paths are relative to an image root given at run time, so absolute paths are errors.
 Every problem raises :class:`RecordError`, whose message names the file, line, record id,
@@ -133,14 +144,14 @@ def _type_names(types: type | tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def _check_image(c: _Checker, record: dict) -> None:
+def _check_image(c: _Checker, record: dict, field: str = "image") -> None:
     image = c.require(record, "image", str)
     if not image:
-        raise c.fail("image", "empty path")
+        raise c.fail(field, "empty path")
     if os.path.isabs(image) or image.startswith(("/", "\\")):
-        raise c.fail("image", f"absolute path {image!r}; image paths are relative to an image root")
+        raise c.fail(field, f"absolute path {image!r}; image paths are relative to an image root")
     if escapes_root(image):
-        raise c.fail("image", f"path {image!r} leads out of the image root ('..')")
+        raise c.fail(field, f"path {image!r} leads out of the image root ('..')")
 
 
 def _check_size(c: _Checker, record: dict) -> tuple[int, int]:
@@ -204,12 +215,23 @@ def validate_conversation(record: dict) -> dict:
     height, width = _check_size(c, record)
     c.require(record, "source", str)
     c.require(record, "split", str)
+    if "reference_frames" in record:
+        _check_reference_frames(c, record["reference_frames"])
     rounds = c.require(record, "rounds", list)
     if not rounds:
         raise c.fail("rounds", "a conversation needs at least one round")
     for index, rnd in enumerate(rounds):
         _check_round(_Checker(c.record_id, index), rnd, index, rounds, height, width)
     return record
+
+
+def _check_reference_frames(c: _Checker, frames: Any) -> None:
+    if not isinstance(frames, list) or not frames:
+        raise c.fail("reference_frames", "expected a non-empty list of image paths")
+    for i, path in enumerate(frames):
+        if not isinstance(path, str) or not path:
+            raise c.fail(f"reference_frames[{i}]", "expected a non-empty image path")
+        _check_image(c, {"image": path}, field=f"reference_frames[{i}]")
 
 
 def _check_round(c: _Checker, rnd: Any, index: int, rounds: list, height: int, width: int) -> None:
@@ -323,7 +345,29 @@ def validate_unified(record: dict) -> dict:
                 raise c.fail(f"{prefix}rle", "missing (write null for box-only annotations)")
         else:
             _check_rle(c, rle, f"{prefix}rle", height, width)
+        _check_unified_extras(c, ann, prefix)
     return record
+
+
+UNIFIED_SYNTHETIC_PARTS = ("mask", "text")
+"""What a tool may have made of a unified annotation (its ``synthetic`` list)."""
+
+
+def _check_unified_extras(c: _Checker, ann: dict, prefix: str) -> None:
+    """The optional annotation fields of a unified record (module docstring)."""
+    for flag in ("iscrowd", "isthing"):
+        if flag in ann and not isinstance(ann[flag], bool):
+            raise c.fail(f"{prefix}{flag}", "expected a bool")
+    if "texts" in ann:
+        texts = ann["texts"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise c.fail(f"{prefix}texts", "expected a non-empty list of non-empty strings")
+    if "synthetic" in ann:
+        parts = ann["synthetic"]
+        if not isinstance(parts, list) or not set(parts) <= set(UNIFIED_SYNTHETIC_PARTS) \
+                or len(set(parts)) != len(parts):
+            raise c.fail(f"{prefix}synthetic", f"expected a list of distinct names among "
+                                               f"{', '.join(UNIFIED_SYNTHETIC_PARTS)}")
 
 
 VALIDATORS = {"conversation": validate_conversation, "gcg": validate_gcg, "unified": validate_unified}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .conversation import SYSTEM_PROMPT
-from .tokens import IMAGE_TOKEN, SPECIAL_TOKENS
+from .tokens import FRAME_TOKEN, IMAGE_TOKEN, SPECIAL_TOKENS, VIDEO_TOKENS
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 
@@ -68,11 +68,12 @@ def build_tiny_tokenizer(vocab_size: int = 1000, segllm_tokens: bool = True) -> 
 
 
 def add_segllm_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    """Add [SEG], the mask-encoder slots and the phrase tags; return every special id.
+    """Add [SEG], the mask-encoder slots, the phrase tags and the reference-frame slot;
+    return every special id.
 
     Ids come from ``convert_tokens_to_ids`` (never from ``tokenizer(tok).input_ids[0]``).
     """
-    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    missing = [t for t in SPECIAL_TOKENS + VIDEO_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
     if tokenizer.pad_token is None:  # llama tokenizers ship without one
@@ -93,6 +94,9 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
         if tid is None or tid == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {token!r} token")
         ids[key] = int(tid)
+    frame = tokenizer.convert_tokens_to_ids(FRAME_TOKEN)
+    if frame is not None and frame != tokenizer.unk_token_id:  # tokenizers saved before video
+        ids["frame"] = int(frame)
     ids["pad"] = int(tokenizer.pad_token_id)
     ids["bos"] = int(tokenizer.bos_token_id)
     ids["eos"] = int(tokenizer.eos_token_id)

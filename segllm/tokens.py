@@ -22,8 +22,16 @@ PHRASE_START = "<p>"
 PHRASE_END = "</p>"
 """Grounded-caption (GCG) answers read ``<p>phrase</p> [SEG]``."""
 
+FRAME_TOKEN = "<frame>"
+"""Slot for one pooled image token of a video's reference frame (VISA's global-local frames);
+a reference frame takes ``config.video.tokens_per_frame`` of them, before the image's tokens."""
+
 SPECIAL_TOKENS = [SEG_TOKEN, MASK_CROP_TOKEN, MASK_BOX_TOKEN, PHRASE_START, PHRASE_END]
 """Tokens segllm adds to a base tokenizer (the image token comes with llava-hf)."""
+
+VIDEO_TOKENS = [FRAME_TOKEN]
+"""Added after ``SPECIAL_TOKENS`` and kept out of the tiny tokenizer's BPE budget, so the ids
+and merges of tokenizers built before video input are unchanged."""
 
 REF_PATTERN = re.compile(r"<ref:(\d+)>")
 """``<ref:k>`` in a question marks where round k's masks come back as mask-encoder tokens."""

@@ -61,8 +61,9 @@ def _load_config_file(path: Path):
         return SegLLMConfig.from_file(path)
     if folder == "train":
         from segllm.train.args import load_train_config
+        from segllm.train.decoder_training import is_decoder_recipe, load_decoder_config
 
-        return load_train_config(path)
+        return load_decoder_config(path) if is_decoder_recipe(path) else load_train_config(path)
     if path.suffix == ".json":
         return json.loads(path.read_text())
     return yaml.safe_load(path.read_text())

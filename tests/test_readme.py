@@ -115,9 +115,31 @@ def coco_val2017(path: Path) -> None:
                                 "annotations": [], "categories": []}))
 
 
+def lisa_checkpoint(path: Path) -> None:
+    """``LISA-7B-v1``: the tiny LISA checkpoint LISA's own code wrote (tests/fixtures/convert)."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "convert" / "lisa" / "checkpoint", path)
+
+
+def clip_folder(path: Path) -> None:
+    """``clip-vit-large-patch14``: the tiny CLIP folder that checkpoint was made with."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "convert" / "lisa" / "clip", path)
+
+
+def glamm_checkpoint(path: Path) -> None:
+    """``GLaMM-FullScope``: the tiny GLaMM checkpoint GLaMM's own code wrote."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "convert" / "glamm" / "checkpoint", path)
+
+
+def glamm_clip_folder(path: Path) -> None:
+    """``clip-vit-large-patch14-336``: the tiny 336 px CLIP folder of that checkpoint."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "convert" / "glamm" / "clip", path)
+
+
 INPUTS = {"out": tiny_model, "photo.jpg": photo, "refer/refcocog": refer_folder,
           "refer/refcoco": refer_folder, "coco/instances_val2017.json": coco_val2017,
-          "configs": configs_link}
+          "configs": configs_link, "LISA-7B-v1": lisa_checkpoint,
+          "clip-vit-large-patch14": clip_folder, "GLaMM-FullScope": glamm_checkpoint,
+          "clip-vit-large-patch14-336": glamm_clip_folder}
 
 
 # -- reading and rewriting commands --------------------------------------------------------------

@@ -30,6 +30,7 @@ import yaml
 from segllm.typed_config import ConfigError, KeyPath, build_checked
 
 from .augment import AugmentArgs
+from .vision_aux import VisionAuxArgs
 
 
 class TrainConfigError(ConfigError):
@@ -68,6 +69,9 @@ class DataArgs:
     # "size": weight times the number of records (SegLLM's per-file sampling of concatenated files)
     mixing: Literal["ratio", "size"] = "ratio"
     num_workers: int = 0  # DataLoader workers; the sample order does not depend on it
+    # length bucketing: sort each window of this many steps' samples by length into
+    # micro-batches, so little of a batch is padding (0: off; train/data.py bucketed_positions)
+    bucket_steps: int = 0
     validate_records: bool = True  # run segllm.records validation while reading
     check_images: bool = True  # open every image's header (and size) before step 1
 
@@ -92,7 +96,8 @@ class OptimArgs:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     warmup_steps: int = 0
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # "step": QueryMeldNet's decay, x0.1 at 0.9 and again at 0.95 of max_steps (train/optim.py)
+    schedule: Literal["cosine", "linear", "constant", "step"] = "cosine"
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping
 
@@ -134,6 +139,8 @@ class TrainConfig:
     optim: OptimArgs = field(default_factory=OptimArgs)
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
     logging: LoggingArgs = field(default_factory=LoggingArgs)
+    # per-patch word targets for the image tokens (train/vision_aux.py); off by default
+    vision_aux: VisionAuxArgs = field(default_factory=VisionAuxArgs)
     source_file: str | None = None  # the YAML this came from (filled by the loader)
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,6 +267,11 @@ def check_config(config: TrainConfig, where: str) -> None:
         raise TrainConfigError(f"{where}: optim.warmup_steps must be >= 0 and optim.min_lr_ratio "
                                "in [0, 1]")
     check_optimizer_values(config.optim, where)
+    aux = config.vision_aux
+    if not (math.isfinite(aux.weight) and aux.weight >= 0 and math.isfinite(aux.scale)
+            and aux.scale > 0):
+        raise TrainConfigError(f"{where}: vision_aux.weight must be >= 0 and vision_aux.scale "
+                               f"> 0, got {aux.weight} and {aux.scale}")
 
 
 def check_optimizer_values(optim: OptimArgs, where: str) -> None:
@@ -295,6 +307,8 @@ def check_paths(config: TrainConfig) -> None:
             wanted.append((f"data.sources.{i}.image_root", src.image_root))
     if config.validation.path:
         wanted.append(("validation.path", config.validation.path))
+    if config.vision_aux.labels:
+        wanted.append(("vision_aux.labels", config.vision_aux.labels))
     for key, value in wanted:
         if not Path(value).exists():
             raise TrainConfigError(f"{where}: {key}: {value} does not exist")

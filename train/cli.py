@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .decoder_training import is_decoder_recipe
+
+    if is_decoder_recipe(args.config):  # kind: decoder, the query-meld decoder on its own
+        return run_decoder(args)
     try:
         config = load_train_config(args.config, args.overrides)
         check_paths(config)
@@ -49,6 +53,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if result.export_dir is not None:
         print(f"exported merged model to {result.export_dir}")
+    return 0
+
+
+def run_decoder(args: argparse.Namespace) -> int:
+    """A ``kind: decoder`` recipe (``train/decoder_training.py``); bad input: one line, exit 2."""
+    from .decoder_training import run_decoder_recipe
+
+    try:
+        result = run_decoder_recipe(args.config, args.overrides, resume=args.resume,
+                                    overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"segllm train: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote the trained decoder to {result.output_dir / 'decoder.safetensors'}")
     return 0
 
 

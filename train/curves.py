@@ -1,10 +1,13 @@
 """Training curves from a run's ``metrics.jsonl``: losses and per-round validation cIoU.
 
     python -m segllm.train.curves runs/segllm-shapes --output curves.png
+    python -m segllm.train.curves STAGE1 STAGE2 --output curves.png   # stages in sequence
 
-The left panel shows the total, language (CE) and mask (weighted BCE + Dice) losses against
-optimizer steps, smoothed by a running mean; the right one the teacher-forced validation cIoU
-of every round index (ground-truth references) and of all rounds together.
+The left panel shows the total, language (CE), mask (weighted BCE + Dice) and, when the run
+has it, the image tokens' word loss (``vision_aux``) against optimizer steps, smoothed by a
+running mean; the right one the teacher-forced validation cIoU of every round index
+(ground-truth references) and of all rounds together. Several runs are drawn one after the
+other (each stage's steps shifted by the steps before it), a dashed line at each boundary.
 """
 
 from __future__ import annotations
@@ -31,8 +34,21 @@ def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def curves_png(metrics: list[dict], title: str = "", smooth: int = 20) -> bytes:
-    """The two-panel figure as PNG bytes."""
+def chain_stages(stages: list[list[dict]]) -> tuple[list[dict], list[int]]:
+    """Metrics of runs trained one after the other, steps made continuous; and the step at
+    which each later stage starts."""
+    chained, offset, boundaries = [], 0, []
+    for i, metrics in enumerate(stages):
+        if i:
+            boundaries.append(offset)
+        chained += [{**m, "step": m["step"] + offset} for m in metrics]
+        offset += max((m["step"] for m in metrics), default=0)
+    return chained, boundaries
+
+
+def curves_png(metrics: list[dict], title: str = "", smooth: int = 20,
+               boundaries: list[int] = ()) -> bytes:
+    """The two-panel figure as PNG bytes; ``boundaries``: steps where a new stage starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,11 +57,13 @@ def curves_png(metrics: list[dict], title: str = "", smooth: int = 20) -> bytes:
     train = [m for m in metrics if "loss" in m]
     val = [m for m in metrics if "val/ciou" in m]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    steps = np.array([m["step"] for m in train])
-    for key, label in (("loss", "total"), ("ce_loss", "language (CE)"), ("mask_loss", "mask")):
-        values = np.array([m.get(key, np.nan) for m in train], dtype=np.float64)
-        if len(values):
-            left.plot(steps, running_mean(values, smooth), label=label)
+    for key, label in (("loss", "total"), ("ce_loss", "language (CE)"), ("mask_loss", "mask"),
+                       ("aux_loss", "image tokens' words (vision_aux)")):
+        have = [m for m in train if key in m]
+        if have:
+            left.plot([m["step"] for m in have],
+                      running_mean(np.array([m[key] for m in have], dtype=np.float64), smooth),
+                      label=label)
     left.set_yscale("log")
     left.set_xlabel("optimizer step")
     left.set_ylabel(f"loss (running mean of {smooth} logged values)")
@@ -63,6 +81,9 @@ def curves_png(metrics: list[dict], title: str = "", smooth: int = 20) -> bytes:
     right.set_ylabel("validation cIoU (ground-truth references)")
     right.legend(fontsize=8, ncol=2)
     right.grid(alpha=0.3)
+    for step in boundaries:
+        for axis in (left, right):
+            axis.axvline(step, color="grey", linestyle="--", linewidth=1)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -74,17 +95,23 @@ def curves_png(metrics: list[dict], title: str = "", smooth: int = 20) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="training output folder (holds metrics.jsonl)")
+    parser.add_argument("runs", nargs="+", metavar="run",
+                        help="training output folder(s) (holding metrics.jsonl); several are "
+                             "stages trained one after the other")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default="")
     parser.add_argument("--smooth", type=int, default=20)
     args = parser.parse_args(argv)
-    metrics = read_metrics(Path(args.run) / METRICS_NAME)
-    if not metrics:
-        parser.error(f"{args.run}: no {METRICS_NAME} lines")
+    stages = []
+    for run in args.runs:
+        stages.append(read_metrics(Path(run) / METRICS_NAME))
+        if not stages[-1]:
+            parser.error(f"{run}: no {METRICS_NAME} lines")
+    metrics, boundaries = chain_stages(stages)
     from segllm.eval.report import write_bytes_atomic
 
-    write_bytes_atomic(Path(args.output), curves_png(metrics, args.title, args.smooth))
+    write_bytes_atomic(Path(args.output), curves_png(metrics, args.title, args.smooth,
+                                                     boundaries))
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segllm.batching import EncodedSample, SegBatch, collate, encode_sample
+from segllm.batching import EncodedSample, SegBatch, collate, encode_sample, sequence_length
 from segllm.config import SegLLMConfig
 from segllm.grounding import gcg_to_conversation
 from segllm.images import load_image
@@ -60,6 +60,9 @@ class ConversationSource:
         if not records:
             raise ValueError(f"{path}: no records")
         root = Path(args.image_root) if args.image_root else path.parent
+        if args.augment.enabled and any("reference_frames" in r for r in records):
+            raise ValueError(f"{path}: augmentation transforms the image but not a video "
+                             "record's reference_frames; turn augment off for this source")
         return cls(name=args.name or path.stem, records=records, image_root=root,
                    weight=args.weight, augment=args.augment)
 
@@ -72,6 +75,11 @@ class ConversationSource:
         # the stored pixels: the data set's masks and sizes are on them, whatever EXIF says
         image = load_image(self.image_root / record["image"], orientation="stored")
         return record, np.asarray(image)
+
+    def load_reference_frames(self, record: dict) -> list[np.ndarray]:
+        """The images of a video record's ``reference_frames`` (none for an image record)."""
+        return [np.asarray(load_image(self.image_root / path, orientation="stored"))
+                for path in record.get("reference_frames", [])]
 
 
 def mixture_probabilities(sizes: Sequence[int], weights: Sequence[float], mixing: str) -> np.ndarray:
@@ -145,6 +153,7 @@ class MixedConversations:
         self.tokenizer = tokenizer
         self.model_config = model_config
         self.seed = seed
+        self._lengths: dict[int, int] = {}  # position -> tokens, for length bucketing
 
     @classmethod
     def from_args(cls, args: DataArgs, seed: int, tokenizer,
@@ -163,9 +172,20 @@ class MixedConversations:
         rng = random.Random(f"augment:{self.seed}:{position}")
         return augment(record, image, self.sources[source].augment, rng)
 
+    def length(self, position: int) -> int:
+        """Tokens of the sequence at a stream position, from its record's text (cached);
+        augmentation can change it by a word or two, which bucketing ignores."""
+        if position not in self._lengths:
+            source, index = self.sampler[position]
+            self._lengths[position] = sequence_length(self.sources[source].records[index],
+                                                      self.tokenizer, self.model_config)
+        return self._lengths[position]
+
     def encode(self, position: int) -> EncodedSample:
         record, image = self.load(position)
-        return encode_sample(record, image, self.tokenizer, self.model_config)
+        frames = self.sources[self.sampler[position][0]].load_reference_frames(record)
+        return encode_sample(record, image, self.tokenizer, self.model_config,
+                             reference_frames=frames)
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -176,21 +196,54 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, data: MixedConversations, first_step: int, last_step: int, rank: int,
-                 world: int, micro_batch: int, accumulation: int):
+                 world: int, micro_batch: int, accumulation: int, bucket_steps: int = 0):
         self.data = data
         self.first_step = first_step
         self.num_items = max(0, last_step - first_step) * accumulation
         self.rank, self.world = rank, world
         self.micro_batch, self.accumulation = micro_batch, accumulation
+        if bucket_steps < 0:
+            raise ValueError(f"data.bucket_steps must be >= 0, got {bucket_steps}")
+        self.bucket_steps = bucket_steps
 
     def __len__(self) -> int:
         return self.num_items
 
     def __getitem__(self, item: int) -> list[EncodedSample]:
         step, micro = divmod(item, self.accumulation)
-        positions = micro_batch_positions(self.first_step + step, micro, self.rank, self.world,
-                                          self.micro_batch, self.accumulation)
+        if self.bucket_steps:
+            positions = bucketed_positions(self.data.length, self.first_step + step, micro,
+                                           self.rank, self.world, self.micro_batch,
+                                           self.accumulation, self.bucket_steps,
+                                           self.data.seed)
+        else:
+            positions = micro_batch_positions(self.first_step + step, micro, self.rank,
+                                              self.world, self.micro_batch, self.accumulation)
         return [self.data.encode(p) for p in positions]
+
+
+def bucketed_positions(length, step: int, micro_step: int, rank: int, world: int,
+                       micro_batch: int, accumulation: int, bucket_steps: int,
+                       seed: int) -> list[int]:
+    """Positions of one micro-batch under length bucketing (``data.bucket_steps``).
+
+    The positions of each window of ``bucket_steps`` optimizer steps (the same set the plain
+    order gives those steps) are sorted by sequence length (``length(position)``) and cut into
+    that window's micro-batches, which then go out in an order shuffled with (seed, window):
+    sequences of a micro-batch have similar lengths, so little of it is padding, and every
+    position is still seen once. A pure function of its arguments, so resuming at any step
+    and any number of DataLoader workers give the same batches; what changes against the plain
+    order is which samples share a micro-batch and a step, within the window.
+    """
+    global_batch = micro_batch * accumulation * world
+    window, offset = divmod(step, bucket_steps)
+    first = window * bucket_steps * global_batch
+    ordered = sorted(range(first, first + bucket_steps * global_batch),
+                     key=lambda p: (length(p), p))
+    groups = len(ordered) // micro_batch
+    order = np.random.default_rng([seed, 3, window]).permutation(groups)
+    group = int(order[(offset * accumulation + micro_step) * world + rank])
+    return ordered[group * micro_batch:(group + 1) * micro_batch]
 
 
 def batch_loader(batches: StepBatches, pad_id: int, num_workers: int) -> torch.utils.data.DataLoader:
@@ -226,6 +279,6 @@ def source_counts(sampler: MixtureSampler, positions: range) -> list[int]:
 
 __all__ = [
     "ConversationSource", "MixtureSampler", "MixedConversations", "StepBatches", "batch_loader",
-    "micro_batch_positions", "mixture_probabilities", "read_validation", "count_tokens",
+    "bucketed_positions", "micro_batch_positions", "mixture_probabilities", "read_validation", "count_tokens",
     "source_counts",
 ]

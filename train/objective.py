@@ -42,6 +42,7 @@ class ObjectiveOutput:
     output: SegLLMOutput
     mask_loss: torch.Tensor  # the decoder's weighted total (MaskDecoder.training_loss)
     mask_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # its named parts
+    aux_loss: torch.Tensor | None = None  # the image tokens' word loss (train/vision_aux.py)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -56,7 +57,7 @@ class ObjectiveOutput:
 
 
 def compute_objective(model: SegLLMModel, batch: SegBatch, *, forward=None,
-                      weights: LossConfig | None = None) -> ObjectiveOutput:
+                      weights: LossConfig | None = None, vision_aux=None) -> ObjectiveOutput:
     """Forward ``batch`` and weigh its losses.
 
     Args:
@@ -65,13 +66,15 @@ def compute_objective(model: SegLLMModel, batch: SegBatch, *, forward=None,
         forward: what runs the forward (a DeepSpeed engine wrapping ``model``); ``model``
             itself by default.
         weights: loss weights; ``model.config.loss`` by default.
+        vision_aux: a ``train.vision_aux.VisionAuxLoss``, added with its weight when given.
     """
     forward = forward or model
     weights = weights or model.config.loss
     inputs = batch.model_inputs()
     embeds = model.embed_inputs(batch.input_ids, batch.pixel_values, batch.ref_pixel_values,
                                 batch.ref_boxes, batch.ref_rounds, batch.round_ids,
-                                batch.sample_ids)
+                                batch.sample_ids, frame_pixel_values=batch.frame_pixel_values,
+                                frame_counts=batch.frame_counts)
     if not len(batch.ref_boxes) and _trains(model.mask_encoder):
         embeds = embeds + 0.0 * model.mask_encoder.box_proj(embeds.new_zeros(1, 4)).sum()
     out = forward(**inputs, inputs_embeds=embeds)
@@ -86,9 +89,13 @@ def compute_objective(model: SegLLMModel, batch: SegBatch, *, forward=None,
     loss = weights.ce_weight * ce + mask.total
     if mask.num_masks == 0:
         loss = loss + _unused_mask_path(model, out, batch)
+    aux = None
+    if vision_aux is not None:
+        aux = vision_aux(model, batch, embeds)
+        loss = loss + vision_aux.args.weight * aux
     return ObjectiveOutput(loss=loss, ce_loss=ce, bce_loss=mask.bce, dice_loss=mask.dice,
                            num_masks=mask.num_masks, output=out, mask_loss=mask.total,
-                           mask_parts=mask.parts)
+                           mask_parts=mask.parts, aux_loss=aux)
 
 
 def _trains(module: nn.Module | None) -> bool:

@@ -9,6 +9,11 @@ from torch import nn
 
 from .args import OptimArgs
 
+# QueryMeldNet (supplement A.2): "We decay the learning rate at 0.9 and 0.95 fractions of the
+# total number of training steps by a factor of 10."
+STEP_DECAY_AT = (0.9, 0.95)
+STEP_DECAY_FACTOR = 0.1
+
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: matrices decay, biases / norms / 1-d do not."""
@@ -45,12 +50,17 @@ def lr_multiplier(step: int, args: OptimArgs, max_steps: int) -> float:
     """The factor on ``args.lr`` for the update after ``step`` completed updates.
 
     Linear warm-up from lr/warmup to lr over ``warmup_steps``, then cosine or linear decay
-    down to ``lr * min_lr_ratio`` at ``max_steps`` (or constant).
+    down to ``lr * min_lr_ratio`` at ``max_steps``, constant, or "step": QueryMeldNet's decay
+    by ``STEP_DECAY_FACTOR`` at each of ``STEP_DECAY_AT`` fractions of ``max_steps``
+    (``min_lr_ratio`` is not read).
     """
     if args.warmup_steps and step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     if args.schedule == "constant":
         return 1.0
+    if args.schedule == "step":
+        passed = sum(step >= fraction * max_steps for fraction in STEP_DECAY_AT)
+        return STEP_DECAY_FACTOR ** passed
     span = max(1, max_steps - args.warmup_steps)
     progress = min(1.0, (step - args.warmup_steps) / span)
     if args.schedule == "cosine":

@@ -33,6 +33,7 @@ from .objective import compute_objective
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsTracker, Progress
 from .validation import per_round_ciou
+from .vision_aux import VisionAuxLoss
 
 EXPORT_DIR = "export"
 
@@ -61,9 +62,12 @@ def micro_losses(out) -> dict[str, float]:
     def scalar(t: torch.Tensor) -> float:
         return float(t.detach().float().item())
 
-    return {"loss": scalar(out.loss), "ce_loss": scalar(out.ce_loss),
-            "mask_loss": scalar(out.mask_loss), "bce_loss": scalar(out.bce_loss),
-            "dice_loss": scalar(out.dice_loss), "num_masks": float(out.num_masks)}
+    losses = {"loss": scalar(out.loss), "ce_loss": scalar(out.ce_loss),
+              "mask_loss": scalar(out.mask_loss), "bce_loss": scalar(out.bce_loss),
+              "dice_loss": scalar(out.dice_loss), "num_masks": float(out.num_masks)}
+    if out.aux_loss is not None:
+        losses["aux_loss"] = scalar(out.aux_loss)
+    return losses
 
 
 def train(config: TrainConfig, resume: str | None = None, keep_model: bool = False,
@@ -110,6 +114,9 @@ def _train(config: TrainConfig, backend: Backend, plan: run_dir.RunPlan,
                                   config.validation.max_samples, config.data.validate_records)
                   if config.validation.path else None)
     check_images(data, val_source, config, show=backend.is_main and config.logging.progress)
+    vision_aux = (VisionAuxLoss.build(config.vision_aux, data.sources, model.tokenizer,
+                                      model.config.vision.num_image_tokens)
+                  if config.vision_aux.enabled else None)
     ds_config = deepspeed_config(config, world)
     dtype = training_dtype(ds_config)
     optimizer = build_optimizer(model, config.optim)
@@ -133,7 +140,8 @@ def _train(config: TrainConfig, backend: Backend, plan: run_dir.RunPlan,
     progress = Progress(backend.is_main and config.logging.progress, config.max_steps, start_step)
 
     batches = StepBatches(data, start_step, config.max_steps, rank, world,
-                          config.micro_batch_size, config.gradient_accumulation_steps)
+                          config.micro_batch_size, config.gradient_accumulation_steps,
+                          bucket_steps=config.data.bucket_steps)
     loader = iter(batch_loader(batches, model.config.token_ids["pad"], config.data.num_workers))
     result = TrainResult(output_dir=output_dir, steps_done=start_step)
     accumulation = config.gradient_accumulation_steps
@@ -148,9 +156,12 @@ def _train(config: TrainConfig, backend: Backend, plan: run_dir.RunPlan,
         lr = float(engine.get_lr()[0])
         sums: dict[str, float] = defaultdict(float)
         tokens = 0
+        data_wait = 0.0  # seconds this step spent waiting for its batches
         for _ in range(accumulation):
+            waited = time.perf_counter()
             batch = next(loader).to(engine.device, dtype)
-            out = compute_objective(module, batch, forward=engine)
+            data_wait += time.perf_counter() - waited
+            out = compute_objective(module, batch, forward=engine, vision_aux=vision_aux)
             backend.backward_and_step(out.loss)
             for key, value in micro_losses(out).items():
                 sums[key] += value / accumulation
@@ -162,6 +173,7 @@ def _train(config: TrainConfig, backend: Backend, plan: run_dir.RunPlan,
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "samples_per_s": global_batch / elapsed,
                    "tokens_per_s": stats["tokens"] * world / elapsed,
+                   "data_wait_share": data_wait / elapsed,
                    "samples_seen": (step + 1) * global_batch}
         result.losses.append(stats["loss"])
         result.steps_done = step + 1

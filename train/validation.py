@@ -31,8 +31,8 @@ def per_round_ciou(model, source: ConversationSource, batch_size: int, device,
     threshold = model.decoder.mask_threshold
     pad = model.config.token_ids["pad"]
     for start in range(0, len(source), batch_size):
-        samples = [encode_sample(*source.load(i), model.tokenizer, model.config)
-                   for i in range(start, min(start + batch_size, len(source)))]
+        samples = [_encode(source, i, model) for i in range(start, min(start + batch_size,
+                                                                    len(source)))]
         batch = collate(samples, pad).to(device, dtype)
         out = model(**batch.model_inputs())
         for i, logits in enumerate(out.mask_logits):
@@ -56,3 +56,10 @@ def per_round_ciou(model, source: ConversationSource, batch_size: int, device,
     metrics["val/ciou"] = ciou(all_i, all_u)
     metrics["val/masks"] = int(len(all_i))
     return metrics
+
+
+def _encode(source, index: int, model):
+    """Record ``index`` of ``source`` encoded, with its reference frames (video records)."""
+    record, image = source.load(index)
+    return encode_sample(record, image, model.tokenizer, model.config,
+                         reference_frames=source.load_reference_frames(record))

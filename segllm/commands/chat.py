@@ -2,6 +2,7 @@
 
     segllm chat --model ckpt/ --image photo.jpg                 # interactive (readline history)
     segllm chat --model ckpt/ --image photo.jpg --script q.txt  # one question a line
+    segllm chat --model glamm/ --image photo.jpg --box 40,60,120,90  # <region> = that box
 
 Each round writes ``OUT/round_NN/``: ``mask_J.png`` (0/255), ``masks.json`` (question, answer,
 and per mask its COCO RLE, box and score) and ``overlay.png`` (the round's masks in colour,
@@ -45,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Loading and decoding options shared with ``segllm serve``."""
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto (default): bf16 on a CPU where it is measured faster, else "
+                             "fp32; on a GPU the saved dtype")
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument("--load-in-4bit", action="store_true", help="NF4 LLM (bitsandbytes)")
     quant.add_argument("--load-in-8bit", action="store_true", help="int8 LLM (bitsandbytes)")
@@ -54,6 +57,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="0 decodes greedily; above 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--box", action="append", default=[], metavar="X,Y,W,H",
+                        type=parse_box,
+                        help="a region in pixels that <region> (the first --box) or "
+                             "<region:i> in a question stands for; repeat for more regions. "
+                             "GLaMM models read it with their region encoder, SegLLM models "
+                             "as a mask")
+
+
+def parse_box(text: str) -> list[float]:
+    """``x,y,w,h`` in pixels -> four numbers (argparse reports a bad one with exit code 2)."""
+    parts = text.split(",")
+    try:
+        box = [float(p) for p in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,w,h with a positive width and "
+                                         "height")
+    return box
 
 
 def generation_from_args(args):
@@ -101,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     except (ChatError, FileNotFoundError) as err:  # FileNotFoundError: no model folder
         print(f"error: {err}", file=sys.stderr)
         return 2
+    session = RegionSession(session, args.box) if args.box else session
     if questions is not None:
         try:
             return run_script(session, questions, out)
@@ -146,6 +169,25 @@ def claim_output_folder(out: Path) -> Path:
             print(f"note: {out} holds an earlier chat; this one is saved in {folder}")
         return folder
     raise ChatError(f"--out {out}: {out}-2 to {out}-999 are all in use; choose another --out")
+
+
+class RegionSession:
+    """A chat session whose questions get the ``--box`` regions when they name one (a
+    question without a region tag is asked as it is)."""
+
+    def __init__(self, session, boxes: list[list[float]]):
+        self._session = session
+        self._boxes = boxes
+
+    def ask(self, question: str, **kwargs):
+        from segllm.tokens import REGION_PATTERN
+
+        if REGION_PATTERN.search(question) and "regions" not in kwargs:
+            kwargs["regions"] = self._boxes
+        return self._session.ask(question, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 def run_script(session, questions: Iterable[str], out: Path) -> int:

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  vision tower  CLIP ViT {c.vision.hidden_size}d x{c.vision.num_hidden_layers}, "
           f"{c.vision.image_size}px / patch {c.vision.patch_size} -> "
           f"{c.vision.num_image_tokens} image tokens")
-    print(f"  projector     Linear-{c.projector.hidden_act}-Linear")
+    projector = ("Linear" if c.projector.kind == "linear"
+                 else f"Linear-{c.projector.hidden_act}-Linear")
+    print(f"  projector     {projector}")
     print(f"  LLM           Llama {c.llm.hidden_size}d x{c.llm.num_hidden_layers}, "
           f"vocab {c.llm.vocab_size}, trained: {c.trainable.llm}"
           + (f" (LoRA r={c.lora.r} alpha={c.lora.alpha} on {','.join(c.lora.target_modules)})"

@@ -46,6 +46,11 @@ def add_video_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the video path shared with ``segllm eval revos|mevis``."""
     parser.add_argument("--candidates", type=int, default=8,
                         help="frames the query is asked on to choose the target frame")
+    parser.add_argument("--global-frames", type=int, default=8,
+                        help="VISA's global reference frames, spread over the video (the LLM "
+                             "sees them beside the target when the model takes them)")
+    parser.add_argument("--local-frames", type=int, default=4,
+                        help="VISA's local reference frames, around the target")
     parser.add_argument("--propagation", choices=("reprompt", "sam2"), default="reprompt",
                         help="reprompt: the decoder on every frame with the same [SEG] "
                              "(weight-free); sam2: SAM2's video predictor (needs sam2)")
@@ -65,7 +70,8 @@ def make_segmenter(args, pipeline):
             raise InputError("--propagation sam2 needs --sam2-config and --sam2-checkpoint")
         sam2 = Sam2Propagator(config=args.sam2_config, checkpoint=args.sam2_checkpoint,
                               device=args.device)
-    return VideoSegmenter(pipeline, num_candidates=args.candidates, sam2=sam2)
+    return VideoSegmenter(pipeline, num_candidates=args.candidates, sam2=sam2,
+                          num_global=args.global_frames, num_local=args.local_frames)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +120,9 @@ def segment_and_save(segmenter, frames, query: str, folder: Path, *, video_name:
     summary = {"query": query, "answer": result.target.reply.text,
                "target_frame": result.target_frame, "candidates": result.target.candidates,
                "candidate_scores": [s if math.isfinite(s) else None for s in result.target.scores],
-               "reference_frames": result.reference_frames, "frames_with_mask": covered,
+               "reference_frames": result.reference_frames,
+               "reference_frames_in_llm": result.reference_frames_in_llm,
+               "frames_with_mask": covered,
                "seconds": result.timings}
     write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"{query} -> {result.target.reply.text!r}; target frame {result.target_frame}; "

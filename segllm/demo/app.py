@@ -13,6 +13,10 @@ the same text), and a box drawn on the image (click two opposite corners), inser
 Uploads are limited in bytes and pixels (PIL's decompression-bomb guard stays on); a file that
 is not an image gets a message, not a stack trace.
 
+The "Video" section takes a video file and a query through the video path (``segllm.video``,
+``segllm/demo/video.py``): the overlay GIF is shown and the per-frame masks offered to download;
+a long video is read at a stride that keeps at most ``--video-max-frames`` frames.
+
 The page logic is ``SegLLMDemo``: plain methods that the gradio events call, testable without a
 browser. Sessions live in this process (a key in the page's state points to them). What a
 visitor costs is bounded: an image is kept at most ``max_side`` pixels across (never less than
@@ -48,6 +52,8 @@ from pathlib import Path
 from segllm.commands.chat import add_model_arguments, load_pipeline, save_round
 from segllm.shipped import SCENES_DIR
 from segllm.tokens import REF_PATTERN, REGION_PATTERN
+
+from .video import MAX_VIDEO_FRAMES, VIDEO_TYPES, segment_video
 
 Outputs = tuple  # what an event returns, in the order of its gradio outputs
 
@@ -104,6 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=_positive(int), default=MAX_SIDE,
                         help="longest side, in pixels, an image is kept at (never below what "
                         "the model takes)")
+    parser.add_argument("--video-max-frames", type=_positive(int), default=MAX_VIDEO_FRAMES,
+                        help="frames a video is read at most (a longer one is strided)")
     parser.add_argument("--workdir", default=None,
                         help="where a folder for the chats' files and gradio's cache is made "
                         "(removed at exit; default: the system's temp folder)")
@@ -124,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     demo = SegLLMDemo(pipeline, max_file_bytes=max_file_bytes, max_pixels=args.max_pixels,
                       max_sessions=args.max_sessions, session_ttl=args.session_ttl,
                       max_side=args.max_side, output_root=root / "chats",
-                      cache_dir=root / "gradio")
+                      cache_dir=root / "gradio", video_max_frames=args.video_max_frames)
     demo.start_sweeper()
     previous = _stop_on_sigterm()
     try:
@@ -203,13 +211,14 @@ class SegLLMDemo:
         cache_dir: gradio's cache folder when it is this server's own (empty folders that
             gradio leaves there are removed); None leaves gradio's folder alone.
         scenes_dir: example scenes (``scenes.jsonl`` + images); the bundled ones by default.
+        video_max_frames: frames a video is read at most (a longer one is strided).
     """
 
     def __init__(self, pipeline, generation=None, max_file_bytes: int = 10 * 2**20,
                  max_pixels: int = 25_000_000, max_sessions: int = 32,
                  session_ttl: float = SESSION_TTL_S, max_side: int = MAX_SIDE,
                  output_root: str | Path | None = None, cache_dir: str | Path | None = None,
-                 scenes_dir: str | Path = SCENES_DIR):
+                 scenes_dir: str | Path = SCENES_DIR, video_max_frames: int = MAX_VIDEO_FRAMES):
         from segllm.images import ImageLimits
 
         self.pipeline = pipeline
@@ -229,6 +238,7 @@ class SegLLMDemo:
         self._sweeper: threading.Thread | None = None
         self.scenes_dir = Path(scenes_dir)
         self.scenes = read_scenes(self.scenes_dir)
+        self.video_max_frames = video_max_frames
 
     # -- events (each returns the new values of its outputs) ---------------------------------
 
@@ -302,6 +312,24 @@ class SegLLMDemo:
             del chat.messages[-2:]
             return (chat.messages, chat.overlays, self._zip(chat), f"Undid round {reply.round}.",
                     self._suggest(chat))
+
+    def segment_video(self, path: str | None, query: str, key: str | None) -> Outputs:
+        """A query over an uploaded video: (key, overlay GIF, masks file, status). Its files
+        live and expire like a chat's; a new query replaces the last one's."""
+        from segllm.video.pipeline import VideoSegmenter
+
+        self._drop(key)
+        key = uuid.uuid4().hex
+        folder = self.output_root / key
+        folder.mkdir(parents=True)
+        self._remember(key, _Chat(session=None, folder=folder))
+        with self._using(key):
+            segmenter = VideoSegmenter(self.pipeline, num_candidates=4,
+                                       generation=self.generation)
+            answer = segment_video(segmenter, path, query, folder,
+                                   max_frames=self.video_max_frames, limits=self.limits)
+        return (key, str(answer.gif) if answer.gif else None,
+                str(answer.masks) if answer.masks else None, answer.status)
 
     def suggestions(self, key: str | None) -> list[str]:
         """Questions to offer: an example scene's next question while the chat follows the
@@ -378,7 +406,9 @@ class SegLLMDemo:
     def build(self):
         """The gradio Blocks; element ids (#scenes, #upload, #preview, #insert-region,
         #clear-box, #suggestions, #question, #send, #undo, #overlays, #status, #chat,
-        #download) are what the browser test drives. Launch it with ``css=CSS``."""
+        #download; #video, #video-file, #video-query, #video-send, #video-overlay,
+        #video-status, #video-masks) are what the browser test drives. Launch it with
+        ``css=CSS``."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
 
@@ -426,6 +456,7 @@ class SegLLMDemo:
             gallery = gr.Gallery(label="Rounds: click one to refer to it in the question "
                                        "(<ref:k>)", elem_id="overlays", columns=6, height=260,
                                  object_fit="contain", allow_preview=False, fit_columns=False)
+            video = self._video_section(gr)
 
             suggestions = [heading, *offers]
 
@@ -456,7 +487,36 @@ class SegLLMDemo:
             region.click(self.insert_region, [question, cursor, key], [question, status],
                          js=CURSOR_JS)
             clear.click(self.clear_box, [key], [preview, status])
+            video_key, video_file, video_query, video_send, *video_outputs = video
+            for trigger, name in ((video_send.click, "segment_video"),
+                                  (video_query.submit, "segment_video_on_enter")):
+                trigger(self.segment_video, [video_file, video_query, video_key],
+                        [video_key, *video_outputs], api_name=name)
         return blocks
+
+    def _video_section(self, gr) -> tuple:
+        """The "Video" section's components: (key, file, query, send, GIF, masks, status)."""
+        # its own key: a video's files expire like a chat's, apart from the image chat
+        video_key = gr.State(None, delete_callback=self._drop)
+        with gr.Accordion("Video: upload a video and say what to segment", open=False,
+                          elem_id="video"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    video_file = gr.File(label=f"Video ({', '.join(VIDEO_TYPES)})",
+                                         file_types=list(VIDEO_TYPES), type="filepath",
+                                         elem_id="video-file", height=100)
+                    video_query = gr.Textbox(label="What to segment", elem_id="video-query",
+                                             placeholder="the shape that ends up on the left")
+                    video_send = gr.Button("Segment the video", variant="primary",
+                                           elem_id="video-send")
+                    video_status = gr.Markdown("The query picks a target frame, its mask is "
+                                               "carried to every frame.", elem_id="video-status")
+                with gr.Column(scale=1):
+                    overlay = gr.Image(label="Overlay (GIF)", type="filepath", interactive=False,
+                                       elem_id="video-overlay", height=320)
+                    masks = gr.File(label="Masks per frame (COCO RLE, JSON Lines)",
+                                    interactive=False, elem_id="video-masks", height=100)
+        return video_key, video_file, video_query, video_send, overlay, masks, video_status
 
     def scene_samples(self) -> list[list[str]]:
         """The example scenes' image paths, one sample each."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .generation import GenerationConfig, choose_token
+from .kv_cache import growing_cache
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -43,6 +44,12 @@ class Job:
     generation: GenerationConfig
     generator: torch.Generator | None
     warnings: list[str]
+    frame_pixel_values: torch.Tensor | None = None  # [F, 3, S, S] a video's reference frames
+    # region-encoder models (GLaMM): this round's boxes, the boxes of every <bbox> slot in
+    # new_ids, and the CLIP input they are read from (also when the cache holds the image)
+    region_boxes: torch.Tensor | None = None
+    feed_region_boxes: torch.Tensor | None = None
+    region_pixel_values: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,8 +83,8 @@ class Engine:
         vocab = self.model.llava.lm_head.out_features
         banned = torch.zeros(vocab, dtype=torch.bool)
         banned[min(len(self.tokenizer), vocab):] = True
-        for name in ("image", "mask_crop", "mask_box", "pad", "bos"):
-            if self.token_ids[name] != self.token_ids["eos"]:
+        for name in ("image", "mask_crop", "mask_box", "pad", "bos", "frame"):
+            if name in self.token_ids and self.token_ids[name] != self.token_ids["eos"]:
                 banned[self.token_ids[name]] = True
         return banned
 
@@ -96,8 +103,16 @@ class Engine:
         crops = job.feed_crops.to(device) if len(job.feed_crops) else None
         boxes = job.feed_boxes.to(device) if len(job.feed_boxes) else None
         pixels = job.pixel_values.to(device)[None] if job.pixel_values is not None else None
+        frames = (job.frame_pixel_values.to(device)
+                  if job.frame_pixel_values is not None and pixels is not None else None)
+        regions = job.feed_region_boxes
+        region_kwargs = {}
+        if regions is not None and len(regions):
+            region_kwargs = {"region_boxes": [regions.to(device)],
+                             "region_pixel_values": job.region_pixel_values.to(device)[None]}
         return self.model.embed_inputs(ids, pixel_values=pixels, ref_pixel_values=crops,
-                                       ref_boxes=boxes)[0]
+                                       ref_boxes=boxes, frame_pixel_values=frames,
+                                       **region_kwargs)[0]
 
     def _decode(self, jobs: list[Job], batch: BatchedCache, hidden: torch.Tensor) -> list[Outcome]:
         seg, eos = self.token_ids["seg"], self.token_ids["eos"]
@@ -149,13 +164,12 @@ class BatchedCache:
 
     @classmethod
     def start(cls, jobs: list[Job], embeds: list[torch.Tensor], language_model) -> BatchedCache:
-        from transformers import DynamicCache
-
         rows = len(jobs)
         past_len = max(j.past_len for j in jobs)
         new_len = max(e.shape[0] for e in embeds)
         device, dtype = embeds[0].device, embeds[0].dtype
-        cache = DynamicCache(ddp_cache_data=pad_caches(jobs, past_len)) if past_len else DynamicCache()
+        cache = growing_cache(language_model.config.num_hidden_layers,
+                              pad_caches(jobs, past_len) if past_len else None)
         valid = torch.zeros(rows, past_len + new_len, dtype=torch.bool, device=device)
         padded = torch.zeros(rows, new_len, embeds[0].shape[-1], dtype=dtype, device=device)
         positions = torch.zeros(rows, new_len, dtype=torch.long, device=device)
@@ -230,6 +244,8 @@ class BatchedCache:
 
 def pad_caches(jobs: list[Job], past_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Left-pad each job's cache to ``past_len`` and stack the rows, layer by layer."""
+    if len(jobs) == 1 and jobs[0].past_len == past_len:  # one row, nothing to pad: no copy here
+        return list(jobs[0].past)
     template = next(j.past for j in jobs if j.past)
     layers = []
     for layer, (k0, v0) in enumerate(template):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..dtypes import parse_dtype
+from ..dtypes import resolve_dtype
 from ..images import ImageLimits, InputError, Orientation, load_image
 from .engine import Engine, Job, Outcome
 from .generation import GenerationConfig
@@ -43,22 +43,35 @@ class SegLLMPipeline:
         self.engine = Engine(self.model, self.tokenizer, self.token_ids)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype | None = None,
+    def from_pretrained(cls, path: str | Path, *, dtype: str | torch.dtype | None = "auto",
                         load_in_4bit: bool = False, load_in_8bit: bool = False,
-                        device: str | torch.device = "cpu", **kwargs) -> SegLLMPipeline:
+                        int8_dynamic: bool = False, device: str | torch.device = "cpu",
+                        **kwargs) -> SegLLMPipeline:
         """Load what ``SegLLMModel.save_pretrained`` wrote.
 
         ``dtype``: bf16 / fp16 / fp32 for the whole model (the compute dtype of the quantized
-        layers too). ``load_in_4bit`` (NF4) / ``load_in_8bit`` quantize the LLM's linear layers
-        through bitsandbytes; the vision tower, projector, lm_head, seg head and mask decoder
-        stay in ``dtype``. ``kwargs`` go to the constructor.
+        layers too); ``"auto"`` (default): on the CPU bf16 where this machine runs it faster
+        than fp32, else fp32 (``segllm.dtypes.default_cpu_dtype``), elsewhere the saved dtype;
+        None: the saved dtype. ``load_in_4bit`` (NF4) / ``load_in_8bit`` quantize the LLM's
+        linear layers through bitsandbytes; ``int8_dynamic`` through PyTorch's dynamic int8
+        quantization (CPU, fp32; ``segllm.inference.dynamic_int8``); the vision tower,
+        projector, lm_head, seg head and mask decoder stay in ``dtype``. ``kwargs`` go to the
+        constructor.
         """
         from ..modeling.model import SegLLMModel
 
-        if load_in_4bit and load_in_8bit:
-            raise ValueError("choose one of load_in_4bit and load_in_8bit")
-        torch_dtype = parse_dtype(dtype)
+        if sum([load_in_4bit, load_in_8bit, int8_dynamic]) > 1:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit, or int8_dynamic alone")
+        torch_dtype = resolve_dtype(dtype, device)
+        if int8_dynamic:  # the dynamic int8 layers take fp32 weights and inputs
+            if dtype not in ("auto", None) and torch_dtype != torch.float32:
+                raise ValueError(f"int8_dynamic runs in fp32; dtype={dtype!r} does not apply")
+            torch_dtype = torch.float32
         model = SegLLMModel.from_pretrained(path, dtype=torch_dtype, device=device)
+        if int8_dynamic:
+            from .dynamic_int8 import quantize_language_model_int8
+
+            quantize_language_model_int8(model)
         if load_in_4bit or load_in_8bit:
             from ..quantization import quantize_language_model
 
@@ -70,17 +83,28 @@ class SegLLMPipeline:
 
     def start(self, image, reuse_cache: bool | None = None,
               generation: GenerationConfig | None = None, *,
-              orientation: Orientation = "exif") -> ChatSession:
+              orientation: Orientation = "exif",
+              reference_frames: Sequence | None = None) -> ChatSession:
         """Open a session on ``image`` (anything ``segllm.images.load_image`` takes); the mask
         decoder's image features are computed here.
 
         ``orientation``: ``"exif"`` (default) for a user's photo, shown and answered as EXIF
         says; ``"stored"`` for a data-set image, whose annotations are on the stored pixels
         (what evaluation passes). Masks come back in that orientation.
+        ``reference_frames``: a video's reference frames (VISA's global-local frames, in
+        temporal order), given to the LLM beside ``image``, the target frame; only for a model
+        that takes them (``config.video.tokens_per_frame`` > 0, ``takes_reference_frames``).
         """
         pil = load_image(image, orientation=orientation, limits=self.limits)
+        frames = [load_image(f, orientation=orientation, limits=self.limits)
+                  for f in reference_frames or []]
         return ChatSession(self, pil, self.reuse_cache if reuse_cache is None else reuse_cache,
-                           generation or self.generation)
+                           generation or self.generation, reference_frames=frames)
+
+    @property
+    def takes_reference_frames(self) -> bool:
+        """Whether the model's LLM takes a video's reference frames."""
+        return self.config.video.tokens_per_frame > 0
 
     def ask_batch(self, requests: Sequence[tuple[ChatSession, str]],
                   generation: GenerationConfig | None = None,

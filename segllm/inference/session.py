@@ -52,13 +52,16 @@ class SessionRound:
     past_len_before: int  # cache length before the round
     ref_crops: torch.Tensor  # [R, 3, S, S] masked crops fed in this round's question
     ref_boxes: torch.Tensor  # [R, 4]
+    # [K, 4] the round's region-encoder boxes (GLaMM's <bbox> slots), x1y1x2y2 / image size
+    region_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
 
 
 class ChatSession:
-    """A conversation about one image. Create with ``SegLLMPipeline.start``."""
+    """A conversation about one image (a video's target frame, with its reference frames
+    when given). Create with ``SegLLMPipeline.start``."""
 
     def __init__(self, pipeline: SegLLMPipeline, image, reuse_cache: bool,
-                 generation: GenerationConfig):
+                 generation: GenerationConfig, reference_frames: Sequence | None = None):
         self.pipeline = pipeline
         self.image = image  # RGB PIL image, in the orientation ``start`` was given
         self.size = (image.height, image.width)  # (H, W) of every mask
@@ -69,9 +72,11 @@ class ChatSession:
         self._model_pixels = _model_pixels(
             image, pipeline.limits.max_model_side,
             lambda h, w: decoder.resized_size(h, w, cfg.decoder_config))
-        self._clip_pixels = preprocess_clip(self._model_pixels, cfg.vision.image_size)
+        self._clip_pixels = preprocess_clip(self._model_pixels, cfg.vision.image_size,
+                                            aspect=cfg.vision.aspect)
         self._decoder_pixels, self._decoder_input_size = decoder.preprocess(self._model_pixels,
                                                                             cfg.decoder_config)
+        self._frame_pixels = _reference_frame_pixels(pipeline, reference_frames or [])
         self._decoder_features = self._encode_for_decoder() if reuse_cache else None
         self._ids: list[int] = []  # every token of the conversation so far
         self._past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -150,11 +155,13 @@ class ChatSession:
         areas = self._region_masks(question, regions, notes)
         question = _drop_empty_refs(question, referable)
         counts = [len(referable.get(k, [])) for k in range(r + 1)]
+        frame_tokens = len(self._frame_pixels) * p.config.video.tokens_per_frame if r == 0 else 0
         try:
             encoded = encode_round(
                 Turn(question), r, counts, p.tokenizer, p.token_ids,
                 p.config.vision.num_image_tokens, sample="session", generation=True,
-                num_regions=len(areas))
+                num_regions=len(areas), num_frame_tokens=frame_tokens,
+                template=p.config.prompt_template)
         except ConversationError as err:
             raise InputError(str(err).replace("sample 'session' ", "")) from err
         prefix = ([p.token_ids["bos"]] if r == 0 else []) + encoded.input_ids
@@ -170,9 +177,12 @@ class ChatSession:
             raise InputError(f"the conversation is full ({len(self._ids)} tokens; the model "
                              f"takes {p.max_length}): undo rounds or start a new session")
         feed_crops, feed_boxes = crops, boxes
+        region_boxes = self._region_boxes(question, areas)
+        feed_regions = region_boxes
         if past_len == 0 and self._rounds:  # recomputing: every earlier round's slots too
             feed_crops = torch.cat([rd.ref_crops for rd in self._rounds] + [crops])
             feed_boxes = torch.cat([rd.ref_boxes for rd in self._rounds] + [boxes])
+            feed_regions = torch.cat([rd.region_boxes for rd in self._rounds] + [region_boxes])
         return Job(
             session=self, question=text, round=r, prefix_ids=prefix, new_ids=new_ids,
             pixel_values=self._clip_pixels if past_len == 0 else None,
@@ -181,6 +191,10 @@ class ChatSession:
             decoder_ref_mask=_union([*referable.values(), used_areas]),
             max_new_tokens=min(generation.max_new_tokens, room), warnings=notes,
             generation=generation, generator=round_generator(generation, r),
+            frame_pixel_values=self._frame_pixels if past_len == 0 and len(self._frame_pixels)
+            else None,
+            region_boxes=region_boxes, feed_region_boxes=feed_regions,
+            region_pixel_values=self._clip_pixels if len(feed_regions) else None,
         )
 
     def _referable_masks(self, question: str, ref_masks, notes: list[str]
@@ -257,6 +271,19 @@ class ChatSession:
                              f"{self.size[1]}x{self.size[0]} image")
         return mask
 
+    def _region_boxes(self, question: str, areas: list[np.ndarray]) -> torch.Tensor:
+        """[K, 4] for a region-encoder model (GLaMM): each region tag's region as the box
+        around it, x1 y1 x2 y2 divided by the image's width and height (GLaMM's app.py); in
+        tag order, which is the order of the ``<bbox>`` slots. Empty for other models."""
+        if "region" not in self.pipeline.token_ids:
+            return torch.zeros((0, 4))
+        h, w = self.size
+        boxes = []
+        for i in region_indices(question):
+            ys, xs = np.nonzero(areas[i])
+            boxes.append([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
+        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
     def _reference_inputs(self, slots, referable, regions=()) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked crops and boxes for this question's mask-encoder slots, in slot order."""
         size = self.pipeline.config.vision.image_size
@@ -289,7 +316,7 @@ class ChatSession:
             token_ids=list(outcome.tokens), warnings=job.warnings)
         self._rounds.append(SessionRound(reply=reply, start=len(self._ids),
                                    past_len_before=self._past_len, ref_crops=job.ref_crops,
-                                   ref_boxes=job.ref_boxes))
+                                   ref_boxes=job.ref_boxes, region_boxes=job.region_boxes))
         self._ids = self._ids + job.prefix_ids + answer_ids
         if self.reuse_cache:
             self._past = outcome.past
@@ -309,6 +336,20 @@ class ChatSession:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+
+
+def _reference_frame_pixels(pipeline: SegLLMPipeline, frames: Sequence) -> torch.Tensor:
+    """CLIP input of a video's reference frames (PIL images), [F, 3, S, S]; refused for a model
+    that takes none (``config.video.tokens_per_frame`` is 0)."""
+    size = pipeline.config.vision.image_size
+    if not frames:
+        return torch.zeros((0, 3, size, size))
+    if pipeline.config.video.tokens_per_frame == 0:
+        raise InputError("reference frames were given but this model takes none "
+                         "(config.video.tokens_per_frame is 0)")
+    aspect = pipeline.config.vision.aspect  # as the target frame's
+    return torch.stack([preprocess_clip(to_image_tensor(frame), size, aspect=aspect)
+                        for frame in frames])
 
 
 def _union(mask_lists) -> np.ndarray | None:

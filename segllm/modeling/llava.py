@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from ..config import SegLLMConfig
@@ -40,6 +41,27 @@ def build_llava_config(cfg: SegLLMConfig) -> LlavaConfig:
         vision_feature_layer=vis.feature_layer, vision_feature_select_strategy=vis.select_strategy,
         multimodal_projector_bias=cfg.projector.bias, tie_word_embeddings=False,
     )
+
+
+class LinearProjector(nn.Module):
+    """LLaVA-1's projector (LISA's ``mm_projector``): one Linear from CLIP to the LLM width.
+    Named ``linear_1`` like the first layer of transformers' two-layer projector."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden, text_hidden, bias=bias)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_1(image_features)
+
+
+def build_llava(cfg: SegLLMConfig) -> LlavaForConditionalGeneration:
+    """transformers' Llava for ``cfg``, with the projector ``cfg.projector.kind`` names."""
+    llava = LlavaForConditionalGeneration(build_llava_config(cfg))
+    if cfg.projector.kind == "linear":
+        llava.model.multi_modal_projector = LinearProjector(
+            cfg.vision.hidden_size, cfg.llm.hidden_size, bias=cfg.projector.bias)
+    return llava
 
 
 def sizes_from_llava_config(llava_config: LlavaConfig) -> dict:

@@ -25,10 +25,12 @@ from ..config import SegLLMConfig
 from ..files import atomic_directory
 from ..tokenizer import add_segllm_tokens, build_tiny_tokenizer
 from .decoders import build_decoder, decoder_class
-from .llava import build_llava_config, cls_tokens, image_tokens, load_llava, sizes_from_llava_config
+from .frame_tokens import frame_tokens, pooling_grid
+from .llava import build_llava, cls_tokens, image_tokens, load_llava, sizes_from_llava_config
 from .loading import CheckpointError, load_state_dict_strict
 from .lora import add_lora, is_lora_parameter
 from .mask_encoder import MaskEncoder
+from .region_encoder import build_region_encoder, clip_levels
 from .seg_head import SegHead
 
 WEIGHTS_NAME = "model.safetensors"
@@ -75,18 +77,35 @@ class SegLLMModel(nn.Module):
     def __init__(self, config: SegLLMConfig, llava: LlavaForConditionalGeneration | None = None):
         super().__init__()
         self.config = config
-        self.llava = llava if llava is not None else LlavaForConditionalGeneration(
-            build_llava_config(config))
+        self.llava = llava if llava is not None else build_llava(config)
         hidden = config.llm.hidden_size
         self.decoder = build_decoder(config)
         self.seg_head = SegHead(hidden, self.decoder.prompt_dim, config.seg_head)
         menc = config.mask_encoder
         self.mask_encoder = (MaskEncoder(hidden, menc.token_dropout, menc.inference_scale)
                              if menc.enabled else None)
+        self.region_encoder = build_region_encoder(config)
+        self._check_video_config(config)
         if config.trainable.llm == "lora":
             add_lora(self.language_model, config.lora)
         self.tokenizer = None  # attached by the constructors; saved with the weights
         self.apply_trainable()
+
+    @staticmethod
+    def _check_video_config(config: SegLLMConfig) -> None:
+        """Reference frames need a ``<frame>`` token and a pooling grid that fits the tower."""
+        count = config.video.tokens_per_frame
+        if count == 0:
+            return
+        if "frame" not in config.token_ids:
+            raise ValueError("config.video.tokens_per_frame is set but config.token_ids has no "
+                             "'frame' id (a tokenizer from before video input)")
+        pooling_grid(count, _patch_grid(config))
+
+    @property
+    def takes_reference_frames(self) -> bool:
+        """Whether the LLM takes a video's reference frames (``config.video.tokens_per_frame``)."""
+        return self.config.video.tokens_per_frame > 0
 
     # -- parts ------------------------------------------------------------------------
 
@@ -112,6 +131,8 @@ class SegLLMModel(nn.Module):
             parts[f"{self.config.decoder}_{group}"] = module
         if self.mask_encoder is not None:
             parts["mask_encoder_box"] = self.mask_encoder
+        if self.region_encoder is not None:
+            parts["region_encoder"] = self.region_encoder
         return parts
 
     def apply_trainable(self) -> None:
@@ -156,8 +177,12 @@ class SegLLMModel(nn.Module):
                      ref_boxes: torch.Tensor | None = None,
                      ref_rounds: list[torch.Tensor] | None = None,
                      round_ids: torch.Tensor | None = None,
-                     sample_ids: list[str] | None = None) -> torch.Tensor:
-        """Token embeddings with image and mask-encoder tokens written into their slots.
+                     sample_ids: list[str] | None = None,
+                     frame_pixel_values: torch.Tensor | None = None,
+                     frame_counts: list[int] | None = None,
+                     region_boxes: list[torch.Tensor] | None = None,
+                     region_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with image, reference-frame and mask-encoder tokens in their slots.
 
         Args:
             input_ids: [B, L].
@@ -166,6 +191,13 @@ class SegLLMModel(nn.Module):
             ref_rounds: per sample, the round of each slot (to name the round in errors).
             round_ids: [B, L] round of each token (to name the round in errors).
             sample_ids: names for error messages.
+            frame_pixel_values: [F, 3, S, S] CLIP input of the video reference frames of the
+                whole batch, sample by sample, each sample's in its slot order.
+            frame_counts: per sample, how many of them are its own (default: all, one sample).
+            region_boxes: per sample [k, 4] normalised x1y1x2y2 boxes for its ``<bbox>``
+                slots, in order (region-encoder models: ``config.region_encoder``).
+            region_pixel_values: the CLIP input the boxes are read from (default
+                ``pixel_values``; given apart when the image's tokens are already cached).
         Returns:
             [B, L, H] input embeddings.
         """
@@ -175,12 +207,47 @@ class SegLLMModel(nn.Module):
         image_slots = input_ids == ids["image"]
         if pixel_values is not None or image_slots.any():
             embeds = self._scatter_image(embeds, image_slots, pixel_values, names)
+        frame_slots = input_ids == ids["frame"] if "frame" in ids else None
+        has_frames = frame_pixel_values is not None and len(frame_pixel_values) > 0
+        if has_frames or (frame_slots is not None and frame_slots.any()):
+            embeds = self._scatter_frames(embeds, frame_slots, frame_pixel_values, frame_counts,
+                                          names)
         crop_slots = input_ids == ids["mask_crop"]
         box_slots = input_ids == ids["mask_box"]
         if crop_slots.any() or box_slots.any() or (ref_boxes is not None and len(ref_boxes)):
             embeds = self._scatter_refs(embeds, crop_slots, box_slots, ref_pixel_values,
                                         ref_boxes, ref_rounds, round_ids, names)
+        region_slots = input_ids == ids["region"] if "region" in ids else None
+        if region_boxes is not None or (region_slots is not None and region_slots.any()):
+            embeds = self._scatter_regions(
+                embeds, region_slots,
+                region_pixel_values if region_pixel_values is not None else pixel_values,
+                region_boxes, names)
         return embeds
+
+    def _scatter_regions(self, embeds, slots, pixel_values, boxes, names) -> torch.Tensor:
+        """GLaMM's ``<bbox>`` slots: the region encoder's token of each box, in order."""
+        if self.region_encoder is None or slots is None:
+            raise ValueError("regions were given as boxes but this model has no region encoder "
+                             "(config.region_encoder.enabled is False)")
+        given = [len(b) for b in boxes] if boxes is not None else [0] * embeds.shape[0]
+        for i, n in enumerate(slots.sum(dim=1).tolist()):
+            if n != given[i]:
+                raise ValueError(f"sample {names[i]!r}: {n} region slot(s) but {given[i]} "
+                                 "box(es) were given")
+        if sum(given) == 0:
+            return embeds
+        if pixel_values is None:
+            raise ValueError("the region encoder reads the image's CLIP features; no image "
+                             "was given")
+        rcfg, vcfg = self.config.region_encoder, self.config.vision
+        tower = self.llava.model.vision_tower
+        dtype = next(tower.parameters()).dtype
+        hidden = tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states
+        levels = clip_levels(hidden, last_layer=vcfg.feature_layer,
+                             num_levels=rcfg.num_levels, step=rcfg.layer_step)
+        tokens = torch.cat(self.region_encoder(levels, [b.to(embeds.device) for b in boxes]))
+        return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def _scatter_image(self, embeds, slots, pixel_values, names) -> torch.Tensor:
         per_sample = slots.sum(dim=1).tolist()
@@ -196,6 +263,28 @@ class SegLLMModel(nn.Module):
                     f"sample {names[i]!r} round 0: {n} image tokens in the sequence but the "
                     f"vision tower gives {feats.shape[1]} features per image")
         return embeds.masked_scatter(slots.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def _scatter_frames(self, embeds, slots, pixel_values, counts, names) -> torch.Tensor:
+        per_frame = self.config.video.tokens_per_frame
+        if per_frame == 0:
+            raise ValueError("reference frames were given but this model takes none "
+                             "(config.video.tokens_per_frame is 0)")
+        given = len(pixel_values) if pixel_values is not None else 0
+        counts = counts if counts is not None else [given] + [0] * (embeds.shape[0] - 1)
+        if len(counts) != embeds.shape[0] or sum(counts) != given:
+            raise ValueError(f"frame_counts {counts} do not share out the {given} reference "
+                             f"frames among the batch's {embeds.shape[0]} sample(s)")
+        slot_counts = slots.sum(dim=1).tolist() if slots is not None else [0] * len(counts)
+        for i, (n_slots, n_frames) in enumerate(zip(slot_counts, counts, strict=True)):
+            if n_slots != n_frames * per_frame:
+                raise ValueError(
+                    f"sample {names[i]!r} round 0: {n_slots} reference-frame slots but "
+                    f"{n_frames} frame(s) of {per_frame} tokens were given")
+        if given == 0:
+            return embeds
+        tokens = frame_tokens(self.llava, pixel_values, layer=self.config.vision.feature_layer,
+                              grid=_patch_grid(self.config), count=per_frame)
+        return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def _scatter_refs(self, embeds, crop_slots, box_slots, crops, boxes, ref_rounds,
                       round_ids, names) -> torch.Tensor:
@@ -261,7 +350,9 @@ class SegLLMModel(nn.Module):
                 round_ids: torch.Tensor | None = None,
                 seg_ref_masks: list[torch.Tensor] | None = None,
                 sample_ids: list[str] | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> SegLLMOutput:
+                inputs_embeds: torch.Tensor | None = None,
+                frame_pixel_values: torch.Tensor | None = None,
+                frame_counts: list[int] | None = None) -> SegLLMOutput:
         """One teacher-forced pass over a batch of (multi-round) conversations.
 
         Args:
@@ -276,6 +367,8 @@ class SegLLMModel(nn.Module):
             inputs_embeds: [B, L, D] embeddings already built by :meth:`embed_inputs` (a
                 training objective may add to them); the image and reference inputs are then
                 not read again.
+            frame_pixel_values, frame_counts: a video's reference frames (see
+                :meth:`embed_inputs`).
 
         Returns:
             logits, last hidden states, decoder image features, and per sample the mask
@@ -283,7 +376,9 @@ class SegLLMModel(nn.Module):
         """
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, ref_pixel_values,
-                                              ref_boxes, ref_rounds, round_ids, sample_ids)
+                                              ref_boxes, ref_rounds, round_ids, sample_ids,
+                                              frame_pixel_values=frame_pixel_values,
+                                              frame_counts=frame_counts)
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                   use_cache=False)
         hidden = out.last_hidden_state
@@ -423,6 +518,12 @@ def _read_decoder_checkpoint(config: SegLLMConfig, path: str | Path | None
     state = cls.read_checkpoint(path)
     config.decoder_config = cls.config_for_checkpoint(state, config.decoder_config)
     return state
+
+
+def _patch_grid(config: SegLLMConfig) -> tuple[int, int]:
+    """(rows, cols) of the vision tower's patch grid."""
+    side = config.vision.image_size // config.vision.patch_size
+    return side, side
 
 
 def _round_up(n: int, multiple: int) -> int:

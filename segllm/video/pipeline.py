@@ -17,9 +17,12 @@ carries that mask to every frame (the weight-free re-prompting of the decoder, o
 video predictor when given). An empty target mask gives empty masks everywhere (VISA's rule).
 
 ``reference_frames`` (``sampling.global_local_frames``: ``num_global`` over the video plus
-``num_local`` around the target) are the frames VISA gives its LLM besides the target. They
-are recorded with the result; segllm's LLM takes one image per conversation today, so they do
-not enter it yet (multi-frame input needs the model and its training to take several images).
+``num_local`` around the target) are the frames VISA gives its LLM besides the target. A model
+that takes them (``config.video.tokens_per_frame`` > 0: pooled image tokens per frame, before
+the target's) sees each candidate with its own reference frames in the scoring pass, so the
+chosen target's ``[SEG]`` comes from the frames it is propagated with. A model trained
+without them (``tokens_per_frame`` 0, the shipped shapes model) sees the target alone; the
+frames are then only recorded (``VideoResult.reference_frames_in_llm`` says which).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class VideoResult:
     target: TargetChoice
     reference_frames: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    reference_frames_in_llm: bool = False  # whether the LLM saw them beside the target
 
     @property
     def target_frame(self) -> str:
@@ -58,7 +62,7 @@ class VideoSegmenter:
         pipeline: the loaded model.
         num_candidates: frames the target-selection pass asks the query on.
         num_global, num_local: VISA's reference frames (global over the video, local around
-            the target); recorded with the result.
+            the target); given to the LLM when the model takes them, recorded either way.
         batch_size: candidate frames per batched engine run.
         sam2: a ``Sam2Propagator`` to propagate with SAM2 instead of re-prompting the decoder.
         generation: decoding settings (default: the pipeline's).
@@ -86,9 +90,11 @@ class VideoSegmenter:
         choose, spread = StageTimer(), StageTimer()
         with choose.stage("sampling"):
             candidates = candidate_frames(len(frames), self.num_candidates)
+        feeds_frames = self.pipeline.takes_reference_frames
         target = choose_target_frame(self.pipeline, frames, query, candidates=candidates,
                                      generation=self.generation, batch_size=self.batch_size,
-                                     timer=choose)
+                                     timer=choose, reference_frames_for=(
+                                         self._references(len(frames)) if feeds_frames else None))
         with choose.stage("sampling"):
             references = global_local_frames(len(frames), target.index,
                                              num_global=self.num_global, num_local=self.num_local)
@@ -103,4 +109,10 @@ class VideoSegmenter:
         timings = {f"target: {k}": v for k, v in choose.as_dict().items()}
         timings.update({f"propagation: {k}": v for k, v in spread.as_dict().items()})
         return VideoResult(query=query, frame_names=list(frames.names), masks=masks,
-                           target=target, reference_frames=references, timings=timings)
+                           target=target, reference_frames=references, timings=timings,
+                           reference_frames_in_llm=feeds_frames)
+
+    def _references(self, num_frames: int):
+        """Candidate -> its global-local reference frames."""
+        return lambda index: global_local_frames(num_frames, index, num_global=self.num_global,
+                                                 num_local=self.num_local)

@@ -6,7 +6,10 @@ should I check?". We ask our own model the query itself on each candidate frame
 frame whose answer carries the mask the decoder is most confident of (its predicted IoU,
 ``Reply.scores``). Why: it needs no second model, it scores exactly what the rest of the path
 uses (the mask that gets propagated), and the chosen frame's ``[SEG]`` states are kept, so the
-target frame costs no extra LLM run. A frame whose answer has no non-empty mask scores
+target frame costs no extra LLM run. A model that takes reference frames
+(``config.video.tokens_per_frame``) sees each candidate with its own global-local reference
+frames (``reference_frames_for``), as it would as the target. A frame whose answer has no
+non-empty mask scores
 ``-inf``; when every candidate does, the target keeps an empty mask and VISA's rule applies
 (empty everywhere).
 """
@@ -14,7 +17,8 @@ target frame costs no extra LLM run. A frame whose answer has no non-empty mask 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +38,7 @@ class TargetChoice:
     candidates: list[int]
     scores: list[float]
     size: tuple[int, int]  # (H, W) of the frames
+    reference_frames: list[int] = field(default_factory=list)  # what the LLM saw beside it
 
     @property
     def mask(self) -> np.ndarray:
@@ -51,10 +56,13 @@ def candidate_score(reply: Reply) -> float:
 
 def choose_target_frame(pipeline, frames, query: str, *, candidates: list[int],
                         generation: GenerationConfig | None = None,
-                        batch_size: int = 4, timer: StageTimer | None = None) -> TargetChoice:
+                        batch_size: int = 4, timer: StageTimer | None = None,
+                        reference_frames_for: Callable[[int], list[int]] | None = None
+                        ) -> TargetChoice:
     """Ask ``query`` on every candidate frame (``batch_size`` sessions per engine run) and keep
-    the best-scoring one (the earliest on ties). ``timer`` adds up frame reading, the
-    decoder's image encoding, the LLM and mask decoding."""
+    the best-scoring one (the earliest on ties). ``reference_frames_for(candidate)``: the
+    frames the LLM sees beside that candidate (none when not given). ``timer`` adds up frame
+    reading, the decoder's image encoding, the LLM and mask decoding."""
     if not candidates:
         raise ValueError("no candidate frames to choose the target from")
     if batch_size < 1:
@@ -63,12 +71,15 @@ def choose_target_frame(pipeline, frames, query: str, *, candidates: list[int],
     timer = timer or StageTimer()
     best: tuple[float, int, Reply, list[torch.Tensor]] | None = None
     scores: list[float] = []
+    references = {i: reference_frames_for(i) if reference_frames_for else [] for i in candidates}
     for start in range(0, len(candidates), batch_size):
         chunk = candidates[start:start + batch_size]
         with timer.stage("frame reading"):
             images = [frames.frame(i) for i in chunk]
+            around = [[frames.frame(j) for j in references[i]] for i in chunk]
         with timer.stage("decoder image encoding"):
-            sessions = [pipeline.start(image, orientation="stored") for image in images]
+            sessions = [pipeline.start(image, orientation="stored", reference_frames=refs)
+                        for image, refs in zip(images, around, strict=True)]
         with timer.stage("llm"):
             jobs = [s.prepare(query, ref_masks=None, answer=None, generation=generation)
                     for s in sessions]
@@ -82,4 +93,4 @@ def choose_target_frame(pipeline, frames, query: str, *, candidates: list[int],
                 best = (score, index, reply, list(outcome.seg_states))
     _, index, reply, states = best
     return TargetChoice(index=index, reply=reply, seg_states=states, candidates=list(candidates),
-                        scores=scores, size=frames.size)
+                        scores=scores, size=frames.size, reference_frames=references[index])

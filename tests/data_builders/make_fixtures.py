@@ -245,6 +245,18 @@ def visual_genome():
                "coco_id": 200, "flickr_id": None}]
     _write("visual_genome/relationships.json", rels)
     _write("visual_genome/image_data.json", images)
+    visual_genome_objects()
+
+
+def visual_genome_objects():
+    """objects.json of image 1: the man, the cup and a table in no relationship, a box past
+    the image's right edge."""
+    def obj(oid, name, x, y, w, h):
+        return {"object_id": oid, "x": x, "y": y, "w": w, "h": h, "names": [name], "synsets": []}
+
+    _write("visual_genome/objects.json", [{"image_id": 1, "image_url": "https://cs.stanford.edu/people/rak248/VG_100K/1.jpg",
+                                           "objects": [obj(11, "man", 2, 5, 14, 40), obj(12, "cup", 20, 20, 8, 8),
+                                                       obj(15, "table", 10, 28, 40, 20), obj(16, "lamp", 60, 0, 10, 10)]}])
 
 
 def _png(rel: str, array: np.ndarray) -> None:
@@ -359,7 +371,49 @@ def gcg_eval():
     _write("grandf/val_test/val_gcg_coco_caption_gt.json", {"images": images, "annotations": captions})
 
 
+def coco_panoptic():
+    """COCO panoptic (panoptic_train2017.json + PNGs, ids as R + 256 G + 256^2 B): image 500 with
+    two people (one a crowd segment), a dog, sky (stuff) and a segment of an unknown category;
+    image 200 is RefCOCO val (excluded from training)."""
+    cats = [{"id": 1, "name": "person", "supercategory": "person", "isthing": 1, "color": [220, 20, 60]},
+            {"id": 18, "name": "dog", "supercategory": "animal", "isthing": 1, "color": [0, 0, 142]},
+            {"id": 187, "name": "sky-other-merged", "supercategory": "sky", "isthing": 0,
+             "color": [70, 130, 180]}]
+    boxes = {500: [(1, 1, (2, 10, 12, 30), 0), (70_000, 1, (48, 10, 12, 30), 1),
+                   (2 * 65_536 + 5, 18, (24, 28, 14, 14), 0), (300, 187, (0, 0, 64, 8), 0),
+                   (301, 99, (30, 40, 4, 4), 0)],
+             200: [(7, 18, (10, 10, 20, 20), 0)]}
+    annotations, images = [], []
+    for image_id, segments in boxes.items():
+        ids = np.zeros((H, W), dtype=np.int64)
+        infos = []
+        for seg_id, cat, (x, y, w, h), crowd in segments:
+            ids[y:y + h, x:x + w] = seg_id
+            infos.append({"id": seg_id, "category_id": cat, "iscrowd": crowd, "bbox": [x, y, w, h],
+                          "area": w * h})
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65_536], axis=-1)
+        _png(f"coco_panoptic/panoptic_train2017/{image_id:012d}.png", rgb)
+        annotations.append({"image_id": image_id, "file_name": f"{image_id:012d}.png", "segments_info": infos})
+        images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "height": H, "width": W})
+    _write("coco_panoptic/panoptic_train2017.json", {"info": {}, "licenses": [], "images": images,
+                                                     "annotations": annotations, "categories": cats})
+
+
+def foreground():
+    """DUTS-TR layout: image a with an anti-aliased mask (values 0, 100, 255: only 255 is
+    foreground), image b whose mask is empty, mask c without an image."""
+    for stem in ("a", "b"):
+        _jpg(f"foreground/DUTS-TR/DUTS-TR-Image/{stem}.jpg")
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[10:30, 20:40] = 255
+    mask[30, 20:40] = 100
+    _png("foreground/DUTS-TR/DUTS-TR-Mask/a.png", mask)
+    _png("foreground/DUTS-TR/DUTS-TR-Mask/b.png", np.zeros((H, W)))
+    _png("foreground/DUTS-TR/DUTS-TR-Mask/c.png", mask)
+
+
 if __name__ == "__main__":
-    for make in (refcoco, coco, lvis, paco, pascal_parts, visual_genome, ade20k, coco_stuff, reasonseg, grandf):
+    for make in (refcoco, coco, lvis, paco, pascal_parts, visual_genome, ade20k, coco_stuff, reasonseg, grandf,
+                 coco_panoptic, foreground):
         make()
     print("fixtures written under", HERE)

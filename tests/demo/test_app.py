@@ -86,7 +86,9 @@ def test_serve_arguments_and_blocks_build(demo):
     blocks = demo.build()
     ids = {c.elem_id for c in blocks.blocks.values() if getattr(c, "elem_id", None)}
     assert {"upload", "question", "send", "undo", "overlays", "status", "chat", "download",
-            "preview", "scenes", "suggestions", "insert-region", "clear-box"} <= ids
+            "preview", "scenes", "suggestions", "insert-region", "clear-box", "video",
+            "video-file", "video-query", "video-send", "video-overlay", "video-masks",
+            "video-status"} <= ids
 
 
 def test_serve_without_a_model_says_where_it_looked(tmp_path, monkeypatch, capsys):

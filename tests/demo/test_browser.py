@@ -6,6 +6,7 @@ to ``build/test-artifacts/``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -194,3 +195,24 @@ def test_a_non_image_upload_shows_a_message(server, page, tmp_path):
     upload(page, fake)
     playwright_api.expect(page.locator("#status")).to_contain_text(
         "notes.png is not an image PIL can read", timeout=TIMEOUT_MS)
+
+
+def test_a_video_and_a_query_show_the_overlay_gif(server, page, tmp_path):
+    from .test_video_input import write_video
+
+    expect = playwright_api.expect
+    clip = write_video(tmp_path / "clip.mp4", count=6)
+    page.goto(server)
+    page.locator("#video").get_by_text("Video: upload a video").click()  # open the section
+    page.locator("#video-file input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#video-file")).to_contain_text("clip.mp4", timeout=TIMEOUT_MS)
+    page.locator("#video-query textarea").fill("the bright square")
+    page.locator("#video-send").click()
+    expect(page.locator("#video-status")).to_contain_text("Mask on", timeout=TIMEOUT_MS)
+    overlay = page.locator("#video-overlay img")
+    expect(overlay).to_have_count(1, timeout=TIMEOUT_MS)
+    assert overlay.evaluate("img => img.complete && img.naturalWidth") > 0
+    assert overlay.get_attribute("src").endswith(".gif")
+    link = page.locator("#video-masks a").first  # the per-frame masks, to download
+    expect(link).to_have_attribute("href", re.compile(r"masks\.jsonl$"), timeout=TIMEOUT_MS)
+    screenshot(page, "demo_video.png")

@@ -138,14 +138,14 @@ def test_chat_session(toy_model):
 def test_registry_and_config_errors(toy):
     assert decoder_class("sam") is SAMDecoder and decoder_class("toy") is ToyDecoder
     with pytest.raises(ValueError, match=r"unknown mask decoder 'unet'; "
-                                         r"registered: \['hipie', 'sam', 'toy'\]"):
+                                         r"registered: \['hipie', 'querymeld', 'sam', 'toy'\]"):
         decoder_class("unet")
     with pytest.raises(ValueError, match="'toy' is already registered as ToyDecoder"):
         register_decoder("toy", SAMDecoder)
     with pytest.raises(TypeError, match="is not a MaskDecoder subclass"):
         register_decoder("linear", nn.Linear)
     with pytest.raises(ConfigError, match=r"config.decoder: 'unet' is not a registered decoder; "
-                                          r"known: \['hipie', 'sam', 'toy'\]"):
+                                          r"known: \['hipie', 'querymeld', 'sam', 'toy'\]"):
         SegLLMConfig.from_name("tiny", decoder="unet")
     with pytest.raises(ConfigError, match=r"config.trainable.decoder: unknown group\(s\) "
                                           r"\['mask_decoder'\]; known: \['convs'\]"):

@@ -116,7 +116,11 @@ def tiny_decoder(mask_aware: bool = False) -> HIPIEDecoder:
 
 
 def test_set_loss_falls_when_overfitting_one_example():
-    decoder = tiny_decoder(mask_aware=True)
+    # without the IoU branch: its BCE against soft IoU targets has a floor (their entropy),
+    # so the total could not fall as far; that branch has its own test
+    torch.manual_seed(0)
+    decoder = build_decoder(SegLLMConfig.from_name(
+        "hipie-tiny", mask_aware_decoding=True, **{"decoder_config.iou_branch": False}))
     image = torch.randint(0, 255, (3, 48, 64), dtype=torch.uint8)
     pixels, size = HIPIEDecoder.preprocess(image, decoder.config)
     prompts = torch.randn(2, 2, 32)
@@ -179,6 +183,27 @@ def test_decode_follows_the_interface():
         "backbone", "pixel_decoder", "predictor"}
 
 
+@pytest.mark.parametrize("strategy", ["conditional", "learnable", "both"])
+def test_inference_computes_only_the_answers_mask(strategy, monkeypatch):
+    """``decode`` (inference) gives the training path's answer without building any query's
+    mask set: at real size every query's masks of every layer were ~262 MB a prompt."""
+    config = SegLLMConfig.from_name("hipie-tiny", **{"decoder_config.query_strategy": strategy})
+    decoder = build_decoder(config).eval()  # mask-aware: two classes, the target is one
+    torch.manual_seed(1)
+    with torch.no_grad():
+        features = decoder.encode_image(torch.randn(1, 3, 64, 64))
+        prompts = torch.randn(3, 2, decoder.prompt_dim)
+        full, full_scores, _ = decoder.decode_for_training(features, prompts, (50, 64), (40, 51))
+
+        def no_mask_sets(*args, **kwargs):
+            raise AssertionError("inference built a set of every query's masks")
+
+        monkeypatch.setattr(decoder.predictor, "predict", no_mask_sets)
+        logits, scores = decoder.decode(features, prompts, (50, 64), (40, 51))
+    assert logits.shape == (3, 40, 51) and scores.shape == (3,)
+    assert torch.allclose(logits, full, atol=1e-5) and torch.allclose(scores, full_scores)
+
+
 def test_targets_with_weight_zero_and_empty_targets_are_left_out():
     decoder = tiny_decoder()
     features = decoder.encode_image(torch.zeros(1, 3, 64, 64))
@@ -239,9 +264,42 @@ def test_real_r50_sizes_on_the_meta_device():
     projections = sum(c * 256 + 256 + 512 for c in (512, 1024, 2048)) + 2048 * 256 * 9 + 768
     fpn = (256 * 256 + 512) + (256 * 256 * 9 + 512) + (256 * 256 + 256)
     assert 6 * layer + projections + 4 * 256 + fpn == 14_055_424
+    iou_branch = 6 * (256 + 1)  # one Linear(256, 1) per decoder layer
     assert counts == {"backbone": 23_454_912, "pixel_decoder": 14_055_424,
-                      "mask_decoder": 11_714_309}
+                      "mask_decoder": 11_714_309 + iou_branch}
     assert decoder.config.encoder_layers == 6 and decoder.config.decoder_layers == 6
     assert decoder_class("hipie").describe(config.decoder_config).startswith("HIPIE-style R50")
     assert decoder_class("hipie").describe_loss(config.decoder_config, config.loss).startswith(
         "set loss (decoder_config.loss): focal class x2.0, L1 x5.0 + GIoU x2.0")
+
+
+def test_the_iou_branch_is_trained_on_matched_queries_and_scores_the_answer():
+    """HIPIE's IoU branch (r50.yaml USE_IOU_BRANCH): each decoder layer predicts every query's
+    box IoU; BCE against the matched box's actual IoU; the answer is the query with the best
+    sqrt(p_class * p_iou), in both decoding paths."""
+    decoder = tiny_decoder().eval()
+    assert decoder.config.iou_branch and len(decoder.predictor.iou_embed) == 2
+    torch.manual_seed(2)
+    with torch.no_grad():  # make the IoU heads matter: different for every query
+        for head in decoder.predictor.iou_embed:
+            head.weight.normal_(0, 1.0)
+    features = decoder.encode_image(torch.randn(1, 3, 64, 64))
+    prompts = torch.randn(2, 2, 32)
+    logits, scores, extra = decoder.decode_for_training(features, prompts, (64, 64), (64, 64))
+    final = extra.outputs.final
+    assert final.ious.shape == final.logits.shape[:2]
+    assert extra.outputs.proposals.ious is None  # HIPIE has no IoU head for the proposals
+    expected = (final.logits[..., 0].sigmoid() * final.ious.sigmoid()).sqrt()
+    assert torch.allclose(scores, expected.amax(1))
+    assert (expected.argmax(1) != final.logits[..., 0].argmax(1)).any()  # it changes the pick
+    with torch.no_grad():
+        fast, fast_scores = decoder.decode(features, prompts, (64, 64), (64, 64))
+    assert torch.allclose(fast, logits, atol=1e-5) and torch.allclose(fast_scores, scores)
+    # the loss: BCE of the matched queries' predicted IoU against their boxes' actual IoU
+    targets = torch.stack([square(64, 4, 4, 30, 20), square(64, 30, 10, 60, 40)])
+    loss = decoder.training_loss(mask_logits=[logits], targets=[targets], target_weights=None,
+                                 ref_masks=None, extras=[extra], weights=None)
+    assert loss.parts["box_iou"] > 0
+    loss.parts["box_iou"].backward()
+    assert decoder.predictor.iou_embed[1].weight.grad.abs().sum() > 0
+    assert "box-IoU" in HIPIEDecoder.describe_loss(decoder.config, None)

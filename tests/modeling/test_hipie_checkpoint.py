@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import LlavaForConditionalGeneration
 
+from segllm.batching import build_batch
 from segllm.config import SegLLMConfig
 from segllm.modeling.decoders import build_decoder
 from segllm.modeling.decoders.hipie import HIPIEDecoder
 from segllm.modeling.decoders.hipie_checkpoint import convert_hipie_state
+from segllm.modeling.llava import build_llava_config
 from segllm.modeling.loading import CheckpointError
+from segllm.modeling.model import SegLLMModel
+from segllm.tokenizer import build_tiny_tokenizer
+from segllm.train.objective import compute_objective
+from tests.conftest import make_conversation
 
 D, HEADS, LEVELS, POINTS, FFN, TEXT, PROPOSALS = 32, 2, 4, 2, 64, 32, 4
 
@@ -148,6 +155,8 @@ def test_every_hipie_key_is_loaded_or_dropped_with_a_reason():
         "detr.detr.transformer.resizer.fc.weight": "predictor.prompt_proj.0.weight",
         # one shared box head: the last decoder layer's clone
         "detr.detr.bbox_embed.1.layers.2.weight": "predictor.bbox_embed.layers.2.weight",
+        # the IoU branch: one head per decoder layer, as theirs
+        "detr.detr.iou_head.1.weight": "predictor.iou_embed.1.weight",
     }
     for theirs, name in pairs.items():
         assert torch.equal(ours[name], state[theirs]), theirs
@@ -199,6 +208,9 @@ def test_the_checkpoint_file_sets_the_sizes_it_was_trained_with(tmp_path):
     assert (config.encoder_layers, config.decoder_layers, config.hidden_dim,
             config.extra_levels, config.prompt_dim, config.num_proposals,
             config.encoder_ffn_dim, config.decoder_ffn_dim) == (3, 1, 32, 1, 32, 4, 64, 64)
+    assert config.iou_branch
+    no_iou = {k: v for k, v in read.items() if not k.startswith("detr.detr.iou_head.")}
+    assert not HIPIEDecoder.config_for_checkpoint(no_iou, base.decoder_config).iou_branch
     assert HIPIEDecoder.config_for_checkpoint({"x": torch.zeros(1)}, base.decoder_config) is (
         base.decoder_config)
     base.decoder_config = config
@@ -212,3 +224,57 @@ def test_the_checkpoint_file_sets_the_sizes_it_was_trained_with(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pth: cannot be read"):
         HIPIEDecoder.read_checkpoint(tmp_path / "bad.pth")
+
+
+@pytest.fixture()
+def llava_dir(tmp_path):
+    """A tiny llava-hf directory (the hipie-tiny preset's LLM sizes) with a base tokenizer."""
+    cfg = SegLLMConfig.from_name("hipie-tiny")
+    tok = build_tiny_tokenizer(segllm_tokens=False)
+    cfg.token_ids.update(image=tok.convert_tokens_to_ids("<image>"), pad=tok.pad_token_id,
+                         bos=tok.bos_token_id, eos=tok.eos_token_id)
+    LlavaForConditionalGeneration(build_llava_config(cfg)).save_pretrained(tmp_path / "llava-hf")
+    tok.save_pretrained(tmp_path / "llava-hf")
+    return tmp_path / "llava-hf"
+
+
+def test_from_components_loads_a_hipie_file_and_the_model_produces_masks(llava_dir, tmp_path):
+    """End to end: a file in HIPIE's released layout (detectron2's ``{"model": ...}``, 3
+    encoder layers where the preset says 2) through ``SegLLMModel.from_components``: its sizes
+    win, every kept tensor is found unchanged in the model, and the model makes masks."""
+    torch.manual_seed(3)
+    state = hipie_state(encoder_layers=3)
+    path = tmp_path / "hipie_r50.pth"
+    torch.save({"model": state, "iteration": 90000}, path)
+    model = SegLLMModel.from_components(llava_dir, path, preset="hipie-tiny")
+    assert model.config.decoder_config.encoder_layers == 3
+    ours = model.decoder.state_dict()
+    converted = convert_hipie_state(state, ours, decoder_layers=2, source=str(path))
+    assert len(converted.state) + len(converted.dropped) == len(state)
+    for name, tensor in converted.state.items():
+        assert torch.equal(ours[name], tensor), name
+    # not trusting the converter's own naming: every tensor it keeps (random, so unique by
+    # value) is somewhere in the model's decoder, bit for bit
+    kept = [key for key in state if key not in converted.dropped]
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    for tensor in ours.values():
+        by_shape.setdefault(tuple(tensor.shape), []).append(tensor)
+    missing = [key for key in kept
+               if not any(torch.equal(state[key], t) for t in by_shape.get(tuple(state[key].shape), []))]
+    assert not missing, missing
+    assert len(kept) > 100  # the backbone, encoder, decoder layers and heads, not a handful
+    # the training path (set loss) and the inference path both give masks
+    tok = model.tokenizer
+    batch = build_batch([make_conversation("c", 40, 56, seed=4)], tok, model.config)
+    out = compute_objective(model, batch)
+    assert torch.isfinite(out.loss) and out.mask_logits
+    assert all(m.shape[-2:] == (40, 56) and torch.isfinite(m).all() for m in out.mask_logits)
+    model.eval()
+    with torch.no_grad():
+        pixels = batch.decoder_pixel_values[:1]
+        features = model.encode_images_for_decoder(pixels)
+        hidden = torch.randn(2, model.config.llm.hidden_size)
+        masks, scores, _ = model.decode_masks(hidden, features, batch.decoder_input_sizes[0],
+                                              (40, 56))
+    assert masks.shape == (2, 40, 56) and scores.shape == (2,)
+    assert torch.isfinite(masks).all() and ((scores > 0) & (scores < 1)).all()

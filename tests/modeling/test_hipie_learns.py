@@ -79,7 +79,10 @@ def mean_iou(decoder: HIPIEDecoder, prompts: nn.Embedding, scenes: list[tuple]) 
 @pytest.mark.slow
 def test_tiny_decoder_learns_colour_prompted_shape_masks():
     torch.manual_seed(0)
-    decoder = build_decoder(SegLLMConfig.from_name("hipie-tiny", mask_aware_decoding=False))
+    # without the IoU branch: from scratch, its scores add noise to which query answers within
+    # these 200 steps (same seed: 0.11 with it, 0.33 without); it has its own test
+    decoder = build_decoder(SegLLMConfig.from_name("hipie-tiny", mask_aware_decoding=False,
+                                                   **{"decoder_config.iou_branch": False}))
     decoder.backbone.requires_grad_(False)
     prompts = nn.Embedding(len(COLOUR_NAMES), TOKENS * decoder.prompt_dim)
     trained = [p for p in [*decoder.parameters(), *prompts.parameters()] if p.requires_grad]

@@ -38,7 +38,7 @@ def test_three_round_batch_with_references_trains_through_the_set_loss(hipie_mod
     out = compute_objective(model, batch)
     assert torch.isfinite(out.loss)
     assert torch.allclose(out.loss, model.config.loss.ce_weight * out.ce_loss + out.mask_loss)
-    assert set(out.mask_parts) == {"class", "box_l1", "giou", "mask_bce", "dice"}
+    assert set(out.mask_parts) == {"class", "box_l1", "giou", "mask_bce", "dice", "box_iou"}
     assert out.num_masks == 8
     assert [tuple(m.shape) for m in out.mask_logits] == [(4, 48, 64), (4, 40, 56)]
     assert [len(r) for r in out.masks_by_round(1, 3)] == [1, 1, 2]

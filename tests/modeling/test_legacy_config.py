@@ -75,7 +75,10 @@ def test_a_v0_model_directory_loads_strictly(tmp_path, tiny_tokenizer):
     directory = model.save_pretrained(tmp_path / "v0")
     shutil.copy(LEGACY / "tiny_mask_aware_v0.json", directory / CONFIG_NAME)
     loaded = SegLLMModel.from_pretrained(directory)  # strict: every key, every shape
-    assert loaded.config == model.config
+    # v0 knew no video input: no reference frames, no <frame> id
+    expected = model.config.with_overrides(**{"video.tokens_per_frame": 0})
+    del expected.token_ids["frame"]
+    assert loaded.config == expected and not loaded.takes_reference_frames
     assert trainable_of(loaded) == trainable_of(model)
     batch = build_batch([make_conversation("c", seed=1)], tiny_tokenizer, model.config)
     with torch.no_grad():

@@ -33,8 +33,8 @@ def test_unknown_key_is_named_with_its_path(tmp_path):
         load_train_config(bad)
     with pytest.raises(TrainConfigError, match=r"unknown key\(s\) \['optim.learning_rate'\]"):
         load_train_config(TINY, ["optim.learning_rate=1"])
-    with pytest.raises(TrainConfigError, match=r"optim.schedule: 'step' is not one of"):
-        load_train_config(TINY, ["optim.schedule=step"])
+    with pytest.raises(TrainConfigError, match=r"optim.schedule: 'exponential' is not one of"):
+        load_train_config(TINY, ["optim.schedule=exponential"])
     with pytest.raises(TrainConfigError, match=r"max_steps: expected an integer, got 'ten'"):
         load_train_config(TINY, ["max_steps=ten"])
 

@@ -12,10 +12,13 @@ import pytest
 from segllm import cli
 from segllm.train.args import SourceArgs, load_train_config
 from segllm.train.data import ConversationSource
+from segllm.train.decoder_training import is_decoder_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
-RECIPES = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+# decoder recipes (kind: decoder) read unified records: tests/train/test_decoder_training.py
+RECIPES = [r for r in sorted((ROOT / "configs" / "train").glob("*.yaml"))
+           if not is_decoder_recipe(r)]
 LEAKAGE = ["--exclude-refs", str(FIX / "refcoco" / "refs(unc).p"),
            "--coco-val2017", str(FIX / "coco" / "instances_val2017.json")]
 
@@ -67,6 +70,7 @@ def built(tmp_path_factory) -> Path:
 def _data_files(recipe: Path) -> list[str]:
     config = load_train_config(recipe)
     files = [s.path for s in config.data.sources]
+    files += [config.vision_aux.labels] if config.vision_aux.labels else []
     return files + ([config.validation.path] if config.validation.path else [])
 
 

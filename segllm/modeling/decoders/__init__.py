@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .base import MaskDecoder, MaskLoss
 from .hipie import HIPIEDecoder
+from .querymeld import QueryMeldDecoder
 from .sam import SAMDecoder
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def build_decoder(config: SegLLMConfig) -> MaskDecoder:
 
 register_decoder("sam", SAMDecoder)
 register_decoder("hipie", HIPIEDecoder)
+register_decoder("querymeld", QueryMeldDecoder)
 
-__all__ = ["DECODERS", "HIPIEDecoder", "MaskDecoder", "MaskLoss", "SAMDecoder", "build_decoder",
+__all__ = ["DECODERS", "HIPIEDecoder", "MaskDecoder", "MaskLoss", "QueryMeldDecoder", "SAMDecoder", "build_decoder",
            "decoder_class", "register_decoder"]

@@ -29,12 +29,42 @@ SegLLM swaps SAM ViT-H for HIPIE-R50 to cut training cost and keeps it frozen, p
   Dice mask, deep supervision) times its weights, plus ``sparse_embed_L2_loss_weight`` (1e-3)
   times the mean squared prompt embedding: ``training_loss``, weights in
   ``HIPIEConfig.loss``.
+- **The IoU branch** (``iou_branch``; SegLLM's ``r50.yaml`` sets ``USE_IOU_BRANCH: True``):
+  HIPIE's ``iou_head`` (a ``Linear(d, 1)`` per decoder layer) predicts each query's box IoU
+  with its object, trained with BCE against the matched box's actual IoU (``loss_boxiou``,
+  weight 1); at inference ``HIPIE_IMG.inference`` scores queries by
+  ``sqrt(p_class * p_iou)`` and ``segment_mask`` keeps the best target-class one. Ours the same
+  (``query.transformer_decoder.answer_scores``); the released ``iou_head`` weights load.
+- **Inference computes only the answer.** Training needs every query's masks of every layer
+  (the set loss matches them all): ``decode_for_training``. ``decode`` asks the query decoder
+  for ``best_answer``: class and IoU scores of the last layer, and one mask per [SEG] (SegLLM's
+  code also keeps only ``pred_masks[best_mask_idx]``). At 1024 px that is 80 MB of peak memory
+  per [SEG] instead of 217 MB (``bench/bench_hipie.py --memory``).
 
-Not reproduced: HIPIE's early vision-language fusion in the encoder (the features stay
-computed once per image), its decoupled background ("stuff") decoder, denoising queries,
-mixed query selection, look-forward-twice, mask-to-box query initialisation and the IoU
-branch. HIPIE's released checkpoints load through ``load_checkpoint`` (``hipie_checkpoint``:
-the shared skeleton is converted, the rest listed).
+Reproduced from HIPIE-R50 (``HIPIE_IMG`` with its ``DeformableDETRDINO`` thing decoder): the
+ResNet-50 with frozen BN, the multi-scale deformable encoder (``MSDeformAttn`` semantics, in
+``grid_sample``), two-stage proposal selection scored against the text (= prompt) tokens, the
+text resizer, text cross-attention and contrastive class scores, per-layer box refinement,
+deep supervision, the matcher and criterion with r50.yaml's weights, the IoU branch.
+
+Not reproduced, and why:
+
+- early vision-language fusion in the encoder (``vl_layers`` / ``lang_layers``): with it the
+  encoder reads the prompts, so the image could no longer be encoded once and reused across
+  rounds and [SEG]s (our ``encode_image`` / ``decode`` split); SegLLM's prompts are [SEG]
+  states, not BERT features, so fusion weights trained on BERT would not transfer anyway;
+- the decoupled background ("stuff") decoder (``detr.mask_dino*``): SegLLM's targets are single
+  objects decoded by the thing decoder (``MASKDINO.ENABLED`` is set off in ``setup_cfg``);
+- denoising queries (``DN_NUMBER``), mixed query selection's learned contents (``tgt_embed``)
+  and look-forward-twice: training-speed devices of DINO for a decoder SegLLM keeps frozen;
+  ours starts queries from the proposals' contents and refines boxes looking forward once;
+- HIPIE's mask head: CondInst dynamic convolutions (``controller``, ``mask_head``) where ours is
+  MaskDINO's query . per-pixel embedding (a HIPIE file cannot fill our ``mask_embed`` and mask
+  features: converted weights are a warm start, not HIPIE's outputs);
+- padding masks (the padded 1024 square is encoded whole) and bf16 autocast of the backbone.
+
+HIPIE's released checkpoints load through ``load_checkpoint`` (``hipie_checkpoint``: every key
+converted or dropped for a stated reason).
 """
 
 from __future__ import annotations
@@ -64,7 +94,12 @@ from .query import (
     Target,
     query_set_loss,
 )
-from .query.transformer_decoder import REFERENCE_CLASS, TARGET_CLASS, QueryStrategy
+from .query.transformer_decoder import (
+    REFERENCE_CLASS,
+    TARGET_CLASS,
+    QueryStrategy,
+    answer_scores,
+)
 from .sam import PIXEL_MEAN, PIXEL_STD, resized_size
 
 logger = logging.getLogger(__name__)
@@ -93,6 +128,7 @@ class HIPIEConfig:
     num_queries: int = 100  # DDETRS.NUM_OBJECT_QUERIES (learnable queries)
     num_proposals: int = 100  # DDETRS.TWO_STAGE_NUM_PROPOSALS (top-k encoder proposals)
     query_strategy: QueryStrategy = "conditional"
+    iou_branch: bool = True  # r50.yaml MODEL.USE_IOU_BRANCH
     mask_threshold: float = 0.0
     loss: QueryLossConfig = field(default_factory=QueryLossConfig)
 
@@ -155,12 +191,17 @@ class HIPIEDecoder(MaskDecoder):
             self.backbone.channels, dim=config.hidden_dim, mask_dim=config.mask_dim,
             layers=config.encoder_layers, ffn_dim=config.encoder_ffn_dim,
             heads=config.num_heads, points=config.num_points, extra_levels=config.extra_levels)
-        self.predictor = QueryDecoder(
+        self.predictor = self.build_predictor(config, mask_aware=mask_aware)
+
+    @classmethod
+    def build_predictor(cls, config: HIPIEConfig, *, mask_aware: bool) -> nn.Module:
+        """The query decoder over the encoder memory (a subclass may build another one)."""
+        return QueryDecoder(
             dim=config.hidden_dim, prompt_dim=config.prompt_dim, mask_dim=config.mask_dim,
             num_classes=2 if mask_aware else 1, layers=config.decoder_layers,
             ffn_dim=config.decoder_ffn_dim, heads=config.num_heads, points=config.num_points,
             levels=3 + config.extra_levels, num_queries=config.num_queries, num_proposals=config.num_proposals,
-            query_strategy=config.query_strategy)
+            query_strategy=config.query_strategy, iou_branch=config.iou_branch)
 
     # -- preprocessing -----------------------------------------------------------------------
 
@@ -194,6 +235,8 @@ class HIPIEDecoder(MaskDecoder):
         return (f"set loss (decoder_config.loss): focal class x{w.class_weight}, "
                 f"L1 x{w.box_l1_weight} + GIoU x{w.giou_weight}, point BCE "
                 f"x{w.mask_bce_weight} + Dice x{w.dice_weight}"
+                + (f", box-IoU BCE x{w.box_iou_weight}"
+                   if getattr(config, "iou_branch", False) else "")
                 + (", every layer" if w.deep_supervision else ""))
 
     # -- original checkpoints ----------------------------------------------------------------
@@ -232,6 +275,7 @@ class HIPIEDecoder(MaskDecoder):
         queries = state.get("detr.detr.transformer.tgt_embed.weight")
         if queries is not None:  # mixed selection's contents: one per proposal
             sizes["num_proposals"] = queries.shape[0]
+        sizes["iou_branch"] = any(k.startswith("detr.detr.iou_head.") for k in state)
         return replace(config, **sizes)
 
     def load_checkpoint(self, state: dict[str, torch.Tensor], source: str) -> ConvertedHIPIE:
@@ -290,28 +334,45 @@ class HIPIEDecoder(MaskDecoder):
 
     def answer(self, outputs: DecoderOutputs, input_size: tuple[int, int],
                original_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The best target-class query of each prompt: (mask logits [N, H, W] at the original
-        size, its class probability [N])."""
+        """The best target-class query of each prompt among every query's predictions (the
+        training path's outputs): (mask logits [N, H, W] at the original size, its class
+        probability [N])."""
         final = outputs.final
-        scores = final.logits[..., TARGET_CLASS].float().sigmoid()
+        scores = answer_scores(final.logits, final.ious, TARGET_CLASS)
         best = scores.argmax(dim=1)
         rows = torch.arange(best.shape[0], device=best.device)
-        masks = final.masks[rows, best][:, None]
+        return (self.to_original_size(final.masks[rows, best], input_size, original_size),
+                scores[rows, best].to(final.masks.dtype))
+
+    def to_original_size(self, masks: torch.Tensor, input_size: tuple[int, int],
+                         original_size: tuple[int, int]) -> torch.Tensor:
+        """[N, h4, w4] mask logits at 1/4 of the padded input -> [N, H, W] at the image's
+        size (up to the input, padding cropped, resized as the image was)."""
         side = self.config.image_size
-        masks = F.interpolate(masks, size=(side, side), mode="bilinear", align_corners=False)
-        h, w = input_size
-        masks = F.interpolate(masks[..., :h, :w], size=original_size, mode="bilinear",
+        masks = F.interpolate(masks[:, None], size=(side, side), mode="bilinear",
                               align_corners=False)
-        return masks[:, 0], scores[rows, best].to(masks.dtype)
+        h, w = input_size
+        return F.interpolate(masks[..., :h, :w], size=original_size, mode="bilinear",
+                             align_corners=False)[:, 0]
 
     def decode(self, image_features: torch.Tensor, prompts: torch.Tensor,
                input_size: tuple[int, int], original_size: tuple[int, int], *,
                ref_masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks for the prompts of one image (``ref_masks`` are a training target here, not
-        an input: see the module docstring)."""
-        logits, scores, _ = self.decode_for_training(image_features, prompts, input_size,
-                                                     original_size, ref_masks=ref_masks)
-        return logits, scores
+        an input: see the module docstring). Only the answer is computed: the best
+        target-class query's mask, not every query's of every layer (a predictor without
+        ``best_answer`` computes them all and the best is taken)."""
+        if prompts.shape[0] == 0 or not hasattr(self.predictor, "best_answer"):
+            logits, scores, _ = self.decode_for_training(image_features, prompts, input_size,
+                                                         original_size, ref_masks=ref_masks)
+            return logits, scores
+        memory, shapes, mask_features = self.unpack(image_features)
+        n = prompts.shape[0]
+        found = self.predictor.best_answer(memory.expand(n, -1, -1), shapes,
+                                           mask_features.expand(n, -1, -1, -1), prompts,
+                                           class_index=TARGET_CLASS)
+        masks = self.to_original_size(found.masks, input_size, original_size)
+        return masks, found.scores.to(masks.dtype)
 
     def decode_for_training(self, image_features: torch.Tensor, prompts: torch.Tensor,
                             input_size: tuple[int, int], original_size: tuple[int, int], *,
@@ -382,7 +443,9 @@ class HIPIEDecoder(MaskDecoder):
         all_targets = [t for t, k in zip(all_targets, keep.tolist(), strict=True) if k]
         merged = [Predictions(logits=torch.cat([s[j].logits for s in sets])[keep],
                               boxes=torch.cat([s[j].boxes for s in sets])[keep],
-                              masks=torch.cat([s[j].masks for s in sets])[keep])
+                              masks=torch.cat([s[j].masks for s in sets])[keep],
+                              ious=(None if sets[0][j].ious is None
+                                    else torch.cat([s[j].ious for s in sets])[keep]))
                   for j in range(len(sets[0]))]
         total, parts = query_set_loss(merged, all_targets, cfg)
         total = total + cfg.prompt_l2_weight * torch.cat(prompts).float().pow(2).mean()

@@ -57,6 +57,8 @@ RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # the prompt resizer: HIPIE's FeatureResizer (Linear 768 -> 256, LayerNorm eps 1e-12)
         (r"detr\.detr\.transformer\.resizer\.fc\." + _WB, r"predictor.prompt_proj.0.\1"),
         (r"detr\.detr\.transformer\.resizer\.layer_norm\." + _WB, r"predictor.prompt_proj.1.\1"),
+        # the IoU branch: one Linear(d, 1) per decoder layer, as ours
+        (r"detr\.detr\.iou_head\.(\d+)\." + _WB, r"predictor.iou_embed.\1.\2"),
     ))
 
 # HIPIE clones the box head per prediction (decoder layers, then the encoder proposals); ours
@@ -71,7 +73,6 @@ DROPPED: tuple[tuple[str, str], ...] = (
      "the same modules as detr.detr.class_embed (registered twice)"),
     ("detr.detr.class_embed.",
      "VL_Align projects the 768-d text features; our class head projects the queries"),
-    ("detr.detr.iou_head.", "the IoU branch is not reproduced"),
     ("detr.detr.transformer.encoder.vl_layers.",
      "early vision-language fusion in the encoder is not reproduced"),
     ("detr.detr.transformer.encoder.lang_layers.",

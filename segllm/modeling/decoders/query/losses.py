@@ -5,6 +5,9 @@ supervision) queries are matched to the ground truth (``matching.match``), then:
 
 - class: sigmoid focal loss over every query and class (unmatched queries: all zeros);
 - box: L1 on (cx, cy, w, h) and generalised-IoU loss (``torchvision.ops``) of matched queries;
+- box IoU (HIPIE's IoU branch, where the predictions carry ``ious``): BCE of each matched
+  query's predicted IoU against its box's actual IoU with its object (HIPIE's
+  ``loss_boxiou``: a mean over the matched queries, weight 1);
 - mask: BCE and Dice of matched queries on points sampled where the prediction is most
   uncertain (|logit| smallest, from ``oversample_ratio`` times more random candidates) plus
   random points (Mask2Former's ``get_uncertain_point_coords_with_randomness``), so memory does
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from .matching import Target, match, point_sample
 from .transformer_decoder import Predictions
@@ -35,6 +38,7 @@ class QueryLossConfig:
     giou_weight: float = 2.0
     mask_bce_weight: float = 5.0
     dice_weight: float = 5.0
+    box_iou_weight: float = 1.0  # HIPIE's loss_boxiou is outside its weight_dict: weight 1
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     num_points: int = 12544  # 112 * 112
@@ -81,7 +85,7 @@ def set_loss(pred: Predictions, targets: list[Target], cfg: QueryLossConfig,
              num_objects: float) -> dict[str, torch.Tensor]:
     """The unweighted parts of one prediction set over N prompts (``targets``: one each)."""
     onehot = torch.zeros_like(pred.logits, dtype=torch.float32)
-    src_boxes, tgt_boxes, src_masks, tgt_masks = [], [], [], []
+    src_boxes, tgt_boxes, src_masks, tgt_masks, src_ious = [], [], [], [], []
     for i, target in enumerate(targets):
         rows, cols = match(pred.logits[i], pred.boxes[i], pred.masks[i], target,
                            class_weight=cfg.class_weight, box_l1_weight=cfg.box_l1_weight,
@@ -94,6 +98,8 @@ def set_loss(pred: Predictions, targets: list[Target], cfg: QueryLossConfig,
         tgt_boxes.append(target.boxes[cols])
         src_masks.append(pred.masks[i, rows])
         tgt_masks.append(target.masks[cols])
+        if pred.ious is not None:
+            src_ious.append(pred.ious[i, rows])
     parts = {"class": sigmoid_focal_loss(pred.logits.float(), onehot, alpha=cfg.focal_alpha,
                                          gamma=cfg.focal_gamma, reduction="sum")}
     src_b = torch.cat(src_boxes).float() if targets else pred.boxes.new_zeros((0, 4))
@@ -101,6 +107,8 @@ def set_loss(pred: Predictions, targets: list[Target], cfg: QueryLossConfig,
     if src_b.shape[0] == 0:  # no object anywhere: only the class loss teaches
         zero = pred.boxes.sum() * 0.0 + pred.masks.sum() * 0.0
         parts.update({name: zero for name in PARTS[1:]})
+        if pred.ious is not None:
+            parts["box_iou"] = pred.ious.sum() * 0.0
     else:
         parts["box_l1"] = F.l1_loss(src_b, tgt_b, reduction="sum")
         parts["giou"] = generalized_box_iou_loss(box_convert(src_b, "cxcywh", "xyxy"),
@@ -108,14 +116,21 @@ def set_loss(pred: Predictions, targets: list[Target], cfg: QueryLossConfig,
                                                  reduction="sum")
         parts["mask_bce"], parts["dice"] = point_mask_losses(torch.cat(src_masks),
                                                              torch.cat(tgt_masks), cfg)
+        if pred.ious is not None:
+            with torch.no_grad():
+                actual = box_iou(box_convert(src_b, "cxcywh", "xyxy"),
+                                 box_convert(tgt_b, "cxcywh", "xyxy")).diagonal()
+            # a mean over the matched queries (not over the objects, as HIPIE): undone below
+            parts["box_iou"] = F.binary_cross_entropy_with_logits(
+                torch.cat(src_ious).float(), actual, reduction="mean") * num_objects
     return {name: value / num_objects for name, value in parts.items()}
 
 
 def weighted_total(parts: dict[str, torch.Tensor], cfg: QueryLossConfig) -> torch.Tensor:
     weights = {"class": cfg.class_weight, "box_l1": cfg.box_l1_weight,
                "giou": cfg.giou_weight, "mask_bce": cfg.mask_bce_weight,
-               "dice": cfg.dice_weight}
-    return sum(weights[name] * parts[name] for name in PARTS)
+               "dice": cfg.dice_weight, "box_iou": cfg.box_iou_weight}
+    return sum(weights[name] * value for name, value in parts.items())
 
 
 def query_set_loss(sets: list[Predictions], targets: list[Target], cfg: QueryLossConfig

@@ -123,11 +123,13 @@ class DecoderLayer(nn.Module):
 @dataclass
 class Predictions:
     """One set of predictions for N prompts: class logits [N, Q, K], boxes [N, Q, 4] (cx, cy,
-    w, h in [0, 1] of the padded input), mask logits [N, Q, h, w] at 1/4 of the input."""
+    w, h in [0, 1] of the padded input), mask logits [N, Q, h, w] at 1/4 of the input and,
+    with HIPIE's IoU branch, each query's predicted box IoU with its object (logits [N, Q])."""
 
     logits: torch.Tensor
     boxes: torch.Tensor
     masks: torch.Tensor
+    ious: torch.Tensor | None = None
 
 
 @dataclass
@@ -142,6 +144,19 @@ class DecoderOutputs:
     def all_sets(self) -> list[Predictions]:
         extra = [self.proposals] if self.proposals is not None else []
         return [self.final, *self.layers, *extra]
+
+
+@dataclass
+class Answer:
+    """Inference's outputs for N prompts (``QueryDecoder.best_answer``): the best query's mask
+    logits [N, h, w] at 1/4 of the input, its score [N] (``answer_scores``), its index [N];
+    every query's last-layer class logits [N, Q, K] and boxes [N, Q, 4] (small)."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    query: torch.Tensor
+    logits: torch.Tensor
+    boxes: torch.Tensor
 
 
 def encoder_proposals(memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
@@ -162,6 +177,14 @@ def encoder_proposals(memory: torch.Tensor, spatial_shapes: list[tuple[int, int]
     return logits[None].expand(*shape), valid[None].expand(*shape)
 
 
+def answer_scores(logits: torch.Tensor, ious: torch.Tensor | None, class_index: int
+                  ) -> torch.Tensor:
+    """[N, Q] scores a query is the answer by: its class probability, or with the IoU branch
+    HIPIE's ``sqrt(p_class * p_iou)`` (``HIPIE_IMG.inference``)."""
+    prob = logits[..., class_index].float().sigmoid()
+    return prob if ious is None else (prob * ious.float().sigmoid()).sqrt()
+
+
 class QueryDecoder(nn.Module):
     """The transformer decoder.
 
@@ -174,12 +197,16 @@ class QueryDecoder(nn.Module):
         num_queries: learnable queries.
         num_proposals: top-k encoder proposals made queries.
         query_strategy: "conditional" (proposals), "learnable", or "both" (concatenated).
+        iou_branch: HIPIE's IoU branch (``USE_IOU_BRANCH``): a linear head per decoder layer
+            predicting each query's box IoU with its object, trained on matched queries and
+            multiplied into the answer's score.
     """
 
     def __init__(self, *, dim: int = 256, prompt_dim: int = 768, mask_dim: int = 256,
                  num_classes: int = 1, layers: int = 9, ffn_dim: int = 2048, heads: int = 8,
                  points: int = 4, levels: int = 3, num_queries: int = 100,
-                 num_proposals: int = 100, query_strategy: QueryStrategy = "conditional"):
+                 num_proposals: int = 100, query_strategy: QueryStrategy = "conditional",
+                 iou_branch: bool = False):
         super().__init__()
         self.num_classes, self.num_proposals = num_classes, num_proposals
         self.query_strategy = query_strategy
@@ -196,14 +223,26 @@ class QueryDecoder(nn.Module):
         self.class_embed = PromptClassifier(dim)
         self.bbox_embed = MLP(dim, dim, 4, 3)  # shared by every layer, as MaskDINO
         self.mask_embed = MLP(dim, dim, mask_dim, 3)
+        # HIPIE: one Linear(d, 1) clone per decoder layer, on the normed layer output
+        self.iou_embed = (nn.ModuleList(nn.Linear(dim, 1) for _ in range(layers))
+                          if iou_branch else None)
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
     def predict(self, tgt: torch.Tensor, boxes: torch.Tensor, tokens: torch.Tensor,
-                spans: list[slice], mask_features: torch.Tensor) -> Predictions:
+                spans: list[slice], mask_features: torch.Tensor,
+                layer: int | None = None) -> Predictions:
+        """One prediction set; ``layer`` (a decoder layer's index, None for the proposals)
+        picks its IoU head."""
         out = self.decoder_norm(tgt)
         masks = torch.einsum("nqc,nchw->nqhw", self.mask_embed(out), mask_features)
-        return Predictions(logits=self.class_embed(out, tokens, spans), boxes=boxes, masks=masks)
+        return Predictions(logits=self.class_embed(out, tokens, spans), boxes=boxes, masks=masks,
+                           ious=self.predict_ious(out, layer))
+
+    def predict_ious(self, normed: torch.Tensor, layer: int | None) -> torch.Tensor | None:
+        if self.iou_embed is None or layer is None:
+            return None
+        return self.iou_embed[layer](normed)[..., 0]
 
     def select_proposals(self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]],
                          tokens: torch.Tensor, spans: list[slice]
@@ -222,9 +261,45 @@ class QueryDecoder(nn.Module):
                       + proposals.gather(1, index[..., None].expand(-1, -1, 4)).to(picked.dtype))
         return picked, box_logits, index
 
+    def initial_queries(self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]],
+                        tokens: torch.Tensor, spans: list[slice]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(content [N, Q, d], boxes in logit space [N, Q, 4], the selected proposals'
+        content and refined box logits, or None without two-stage selection)."""
+        contents, box_logits, selected = [], [], None
+        if self.query_strategy in ("conditional", "both"):
+            picked, picked_boxes, _ = self.select_proposals(memory, spatial_shapes, tokens, spans)
+            selected = (picked, picked_boxes)
+            contents.append(picked.detach())  # MaskDINO: queries start from detached proposals
+            box_logits.append(picked_boxes.detach())
+        if self.query_strategy in ("learnable", "both"):
+            n = memory.shape[0]
+            contents.append(self.query_feat.weight[None].expand(n, -1, -1).to(memory.dtype))
+            box_logits.append(self.query_embed.weight[None].expand(n, -1, -1).to(memory.dtype))
+        return torch.cat(contents, 1), torch.cat(box_logits, 1), selected
+
+    def run_layers(self, tgt: torch.Tensor, ref: torch.Tensor, memory: torch.Tensor,
+                   spatial_shapes: list[tuple[int, int]], tokens: torch.Tensor, *,
+                   after_layer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every decoder layer with its box refinement: (last content [N, Q, d], last refined
+        box logits [N, Q, 4]); ``after_layer(index, tgt, refined_boxes)`` is called after
+        each."""
+        refined = ref
+        for index, layer in enumerate(self.layers):
+            boxes = ref.sigmoid()
+            query_pos = self.ref_point_head(sine_embed_boxes(boxes, tgt.shape[-1]))
+            tgt = layer(tgt, query_pos, boxes, memory, spatial_shapes, tokens)
+            refined = self.bbox_embed(self.decoder_norm(tgt)) + ref
+            if after_layer is not None:
+                after_layer(index, tgt, refined.sigmoid())
+            ref = refined.detach()  # look forward once
+        return tgt, refined
+
     def forward(self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]],
                 mask_features: torch.Tensor, prompts: torch.Tensor) -> DecoderOutputs:
-        """
+        """Every query's predictions after every layer (the training path: the set loss
+        matches and supervises all of them).
+
         Args:
             memory: [N, S, dim] encoder memory (one copy per prompt).
             spatial_shapes: (h, w) of its levels.
@@ -233,23 +308,32 @@ class QueryDecoder(nn.Module):
         """
         tokens = self.prompt_proj(prompts.to(memory.dtype))
         spans = class_token_spans(tokens.shape[1], self.num_classes)
-        contents, box_logits, proposals = [], [], None
-        if self.query_strategy in ("conditional", "both"):
-            picked, picked_boxes, _ = self.select_proposals(memory, spatial_shapes, tokens, spans)
-            proposals = self.predict(picked, picked_boxes.sigmoid(), tokens, spans, mask_features)
-            contents.append(picked.detach())  # MaskDINO: queries start from detached proposals
-            box_logits.append(picked_boxes.detach())
-        if self.query_strategy in ("learnable", "both"):
-            n = memory.shape[0]
-            contents.append(self.query_feat.weight[None].expand(n, -1, -1).to(memory.dtype))
-            box_logits.append(self.query_embed.weight[None].expand(n, -1, -1).to(memory.dtype))
-        tgt, ref = torch.cat(contents, 1), torch.cat(box_logits, 1)
-        sets = []
-        for layer in self.layers:
-            boxes = ref.sigmoid()
-            query_pos = self.ref_point_head(sine_embed_boxes(boxes, tgt.shape[-1]))
-            tgt = layer(tgt, query_pos, boxes, memory, spatial_shapes, tokens)
-            refined = self.bbox_embed(self.decoder_norm(tgt)) + ref
-            sets.append(self.predict(tgt, refined.sigmoid(), tokens, spans, mask_features))
-            ref = refined.detach()  # look forward once
+        tgt, ref, selected = self.initial_queries(memory, spatial_shapes, tokens, spans)
+        proposals = (None if selected is None else
+                     self.predict(selected[0], selected[1].sigmoid(), tokens, spans,
+                                  mask_features))
+        sets: list[Predictions] = []
+        self.run_layers(tgt, ref, memory, spatial_shapes, tokens, after_layer=lambda i, t, b:
+                        sets.append(self.predict(t, b, tokens, spans, mask_features, layer=i)))
         return DecoderOutputs(final=sets[-1], layers=sets[:-1], proposals=proposals)
+
+    def best_answer(self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]],
+                    mask_features: torch.Tensor, prompts: torch.Tensor,
+                    class_index: int = TARGET_CLASS) -> Answer:
+        """Only what inference needs: the last layer's classes and boxes, and the mask of each
+        prompt's best query for ``class_index``. No earlier layer predicts anything and one
+        mask per prompt is computed instead of one per query and layer (at real size
+        [N, Q, 256, 256] float32 per layer: 26 MB a prompt for 100 queries); same arguments
+        as ``forward``."""
+        tokens = self.prompt_proj(prompts.to(memory.dtype))
+        spans = class_token_spans(tokens.shape[1], self.num_classes)
+        tgt, ref, _ = self.initial_queries(memory, spatial_shapes, tokens, spans)
+        tgt, refined = self.run_layers(tgt, ref, memory, spatial_shapes, tokens)
+        out = self.decoder_norm(tgt)
+        logits = self.class_embed(out, tokens, spans)
+        scores = answer_scores(logits, self.predict_ious(out, len(self.layers) - 1), class_index)
+        best = scores.argmax(dim=1)
+        rows = torch.arange(best.shape[0], device=best.device)
+        masks = torch.einsum("nc,nchw->nhw", self.mask_embed(out[rows, best]), mask_features)
+        return Answer(masks=masks, scores=scores[rows, best], query=best, logits=logits,
+                      boxes=refined.sigmoid())

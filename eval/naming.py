@@ -1,0 +1,111 @@
+"""Did the answer name the right object? A diagnosis beside cIoU for data whose targets carry labels.
+
+cIoU mixes two failures: writing about the wrong object, and drawing the right one badly. For
+rounds with a single labelled target (the synthetic scenes: "red circle", "blue square with a
+hole"), this reads the generated answer and splits them: a round is *named right* when the
+answer contains the target's label as whole words, not only inside a longer label of the
+data set (so "blue square" does not count for "blue square with a hole"), and the round was
+answered with a mask (a refusal such as "I cannot find a red circle in this image." writes the
+label but names nothing). Per round type it reports how often the answer named the
+target, and the mean IoU of the mask when it did and when it did not.
+
+    python -m segllm.eval.naming PREDICTIONS.jsonl DATA.jsonl [--output naming.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from segllm import masks as rle_ops
+from segllm.files import atomic_write
+
+from .errors import EvalInputError
+from .predictions import read_jsonl
+
+
+def names_label(text: str, label: str, other_labels: set[str]) -> bool:
+    """``label`` occurs in ``text`` as whole words, not only inside a longer label."""
+    lowered = text.lower()
+    longer = [o for o in other_labels if o != label and label in o and o in lowered]
+    if any(re.search(rf"\b{re.escape(o)}\b", lowered) for o in longer):
+        stripped = lowered
+        for o in longer:
+            stripped = re.sub(rf"\b{re.escape(o)}\b", " ", stripped)
+        lowered = stripped
+    return re.search(rf"\b{re.escape(label.lower())}\b", lowered) is not None
+
+
+def _iou(pred: dict | None, target: dict) -> float:
+    truth = rle_ops.decode_rle(target["rle"]).astype(bool)
+    if pred is None:
+        return 0.0
+    mask = rle_ops.decode_rle(pred).astype(bool)
+    union = np.logical_or(mask, truth).sum()
+    return float(np.logical_and(mask, truth).sum() / union) if union else 1.0
+
+
+def naming_report(predictions: list[dict], data: list[dict]) -> dict:
+    """Per round type: rounds, share named right, mean IoU when named right / wrong."""
+    by_id = {p["id"]: p for p in predictions}
+    labels = {t.get("label", "").lower() for record in data for r in record["rounds"]
+              for t in r["targets"]} - {""}
+    rows: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    for record in data:
+        pred = by_id.get(record["id"])
+        if pred is None:
+            raise EvalInputError(f"record {record['id']!r}: no prediction in the predictions file")
+        for index, rnd in enumerate(record["rounds"]):
+            if len(rnd["targets"]) != 1 or not rnd["targets"][0].get("label"):
+                continue
+            if index >= len(pred["rounds"]):
+                raise EvalInputError(f"record {record['id']!r} round {index}: missing from the "
+                                     "predictions file")
+            answer = pred["rounds"][index]
+            target = rnd["targets"][0]
+            masks = answer.get("masks") or []
+            named = bool(masks) and names_label(answer.get("text", ""), target["label"], labels)
+            rows[rnd.get("type", "unknown")].append((named, _iou(masks[0] if masks else None,
+                                                                 target)))
+    report = {}
+    for kind, values in sorted(rows.items()):
+        named = [iou for ok, iou in values if ok]
+        missed = [iou for ok, iou in values if not ok]
+        report[kind] = {"rounds": len(values), "named_right": len(named) / len(values),
+                        "mean_iou_named_right": float(np.mean(named)) if named else None,
+                        "mean_iou_named_wrong": float(np.mean(missed)) if missed else None}
+    every = [v for values in rows.values() for v in values]
+    if every:
+        report["all"] = {"rounds": len(every),
+                         "named_right": sum(ok for ok, _ in every) / len(every)}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segllm.eval.naming", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("predictions", help="predictions-own.jsonl or predictions-gt.jsonl")
+    parser.add_argument("data", help="the ground-truth JSONL the predictions were made on")
+    parser.add_argument("--output", help="also write the report here (JSON)")
+    args = parser.parse_args(argv)
+    try:
+        report = naming_report(read_jsonl(args.predictions), read_jsonl(args.data))
+    except (EvalInputError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(report, indent=2)
+    if args.output:
+        with atomic_write(Path(args.output)) as out:
+            out.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

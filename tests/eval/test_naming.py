@@ -1,0 +1,55 @@
+"""eval/naming.py: did the answer name the right object."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segllm.eval.naming import main, names_label, naming_report
+from segllm.masks import encode_rle
+
+
+def test_a_label_counts_only_as_whole_words_outside_longer_labels():
+    labels = {"blue square", "blue square with a hole", "red circle"}
+    assert names_label("It is the blue square [SEG].", "blue square", labels)
+    assert not names_label("It is the blue square with a hole [SEG].", "blue square", labels)
+    assert names_label("It is the blue square with a hole [SEG].", "blue square with a hole",
+                       labels)
+    assert not names_label("the blue squares", "blue square", labels)
+
+
+def _mask(size, rows):
+    m = np.zeros((size, size), bool)
+    m[rows] = True
+    return encode_rle(m)
+
+
+def _round(kind, label, rows, refs=()):
+    return {"question": "q", "answer": f"the {label} [SEG].", "refs": list(refs), "type": kind,
+            "targets": [{"label": label, "rle": _mask(8, rows), "bbox": [0, 0, 1, 1]}]}
+
+
+def test_report_per_type_with_the_iou_when_named_right_and_wrong(tmp_path):
+    data = [{"id": "a", "rounds": [_round("referring", "red circle", slice(0, 4)),
+                                   _round("positional", "blue square", slice(4, 8))]},
+            {"id": "b", "rounds": [_round("referring", "blue square", slice(0, 2))]}]
+    preds = [{"id": "a", "rounds": [
+                {"index": 0, "text": "It is the red circle [SEG].", "masks": [_mask(8, slice(0, 2))]},
+                {"index": 1, "text": "It is the red circle [SEG].", "masks": [_mask(8, slice(0, 4))]}]},
+             {"id": "b", "rounds": [{"index": 0, "text": "No blue square is visible here.",
+                                     "masks": []}]}]
+    report = naming_report(preds, data)
+    assert report["referring"] == {"rounds": 2, "named_right": 0.5, "mean_iou_named_right": 0.5,
+                                   "mean_iou_named_wrong": 0.0}
+    assert report["positional"]["named_right"] == 0 and report["positional"]["mean_iou_named_wrong"] == 0
+    assert report["all"] == {"rounds": 3, "named_right": pytest.approx(1 / 3)}
+
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(p) for p in preds[:1]))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(d) for d in data))
+    assert main([str(tmp_path / "p.jsonl"), str(tmp_path / "d.jsonl")]) == 2  # 'b' is missing
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(p) for p in preds))
+    assert main([str(tmp_path / "p.jsonl"), str(tmp_path / "d.jsonl"),
+                 "--output", str(tmp_path / "n.json")]) == 0
+    assert json.loads((tmp_path / "n.json").read_text())["all"]["rounds"] == 3
