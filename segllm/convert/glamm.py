@@ -35,13 +35,12 @@ from ..config import SegLLMConfig
 from .lisa import (
     ROTARY,
     TOWER_IN_CHECKPOINT,
-    check_seg_token,
+    checked_clip_sizes,
     clip_aspect,
-    clip_vision_config,
     drop_clip_extras,
     grow_rows,
-    image_wrapper_ids,
     read_lisa_config,
+    source_tokenizer,
     vocabulary_size,
 )
 from .sam_sizes import sam_config_from_shapes
@@ -182,7 +181,6 @@ def region_token_id(tokenizer, src: Path) -> int:
 def convert(src: Path, *, vision_tower: Path | None = None, dtype=None):
     """A ``SegLLMModel`` (with tokenizer) from a GLaMM folder; and the report of every tensor."""
     from .build import build_model
-    from .tokenizer import load_source_tokenizer
 
     glamm = read_glamm_config(src)
     source = SourceTensors(read_folder_tensors(src), str(src))
@@ -199,14 +197,8 @@ def convert(src: Path, *, vision_tower: Path | None = None, dtype=None):
         clip, clip_prefix = source, TOWER_IN_CHECKPOINT
     else:
         clip, clip_prefix = SourceTensors(read_folder_tensors(vision_tower), str(vision_tower)), ""
-    clip_sizes = clip_vision_config(vision_tower)
-    if int(glamm["mm_hidden_size"]) != clip_sizes["hidden_size"]:
-        raise ConvertError(f"{src}: mm_hidden_size {glamm['mm_hidden_size']} does not match "
-                           f"the CLIP tower's hidden size {clip_sizes['hidden_size']}")
-    tokenizer, token_ids = load_source_tokenizer(src, glamm.get("transformers_version", "4.31.0"))
-    check_seg_token(tokenizer, token_ids, src)
-    if glamm.get("mm_use_im_start_end", False):
-        token_ids.update(image_wrapper_ids(tokenizer, src))
+    clip_sizes = checked_clip_sizes(glamm, vision_tower, src)
+    tokenizer, token_ids = source_tokenizer(glamm, src)
     rows = vocabulary_size(len(tokenizer), source.peek("model.embed_tokens.weight").shape[0])
     region = region_encoder_config(source, glamm, clip_sizes, int(glamm["hidden_size"]))
     if region["enabled"]:

@@ -165,7 +165,6 @@ def vocabulary_size(tokenizer_size: int, source_rows: int) -> int:
 def convert(src: Path, *, vision_tower: Path | None = None, dtype: torch.dtype | None = None):
     """A ``SegLLMModel`` (with tokenizer) from a LISA folder; and the report of every tensor."""
     from .build import build_model
-    from .tokenizer import load_source_tokenizer
 
     lisa = read_lisa_config(src)
     source = SourceTensors(read_folder_tensors(src), str(src))
@@ -185,15 +184,8 @@ def convert(src: Path, *, vision_tower: Path | None = None, dtype: torch.dtype |
                 f"{lisa.get('mm_vision_tower', 'openai/clip-vit-large-patch14')!r} by name); "
                 "pass --vision-tower DIR with a local copy of that folder")
         clip, clip_prefix = SourceTensors(read_folder_tensors(vision_tower), str(vision_tower)), ""
-    clip_sizes = clip_vision_config(vision_tower)
-    if int(lisa["mm_hidden_size"]) != clip_sizes["hidden_size"]:
-        raise ConvertError(f"{src}: mm_hidden_size {lisa['mm_hidden_size']} does not match "
-                           f"the CLIP tower's hidden size {clip_sizes['hidden_size']}")
-    # LISA pins transformers 4.31; a config without the version was written by that too
-    tokenizer, token_ids = load_source_tokenizer(src, lisa.get("transformers_version", "4.31.0"))
-    check_seg_token(tokenizer, token_ids, src)
-    if lisa.get("mm_use_im_start_end", False):
-        token_ids.update(image_wrapper_ids(tokenizer, src))
+    clip_sizes = checked_clip_sizes(lisa, vision_tower, src)
+    tokenizer, token_ids = source_tokenizer(lisa, src)
     rows = vocabulary_size(len(tokenizer), source.peek("model.embed_tokens.weight").shape[0])
     sam_shapes = {k.removeprefix("model.visual_model."): source.peek(k).shape
                   for k in source.with_prefix("model.visual_model.")}
@@ -209,6 +201,29 @@ def convert(src: Path, *, vision_tower: Path | None = None, dtype: torch.dtype |
     if clip is not source:
         report["vision_tower"] = clip.summary()
     return model, report
+
+
+def checked_clip_sizes(config: dict, vision_tower: Path, src: Path) -> dict:
+    """The CLIP tower's sizes, checked against the width the source's projector reads."""
+    clip_sizes = clip_vision_config(vision_tower)
+    if int(config["mm_hidden_size"]) != clip_sizes["hidden_size"]:
+        raise ConvertError(f"{src}: mm_hidden_size {config['mm_hidden_size']} does not match "
+                           f"the CLIP tower's hidden size {clip_sizes['hidden_size']}")
+    return clip_sizes
+
+
+def source_tokenizer(config: dict, src: Path):
+    """The source's tokenizer (as the transformers that wrote it read it; LISA and GLaMM pin
+    4.31, so a config without the version was written by that too) with segllm's tokens, and
+    the ids: [SEG] checked to be one token, ``<im_start>``/``<im_end>`` when the source wraps
+    its image in them."""
+    from .tokenizer import load_source_tokenizer
+
+    tokenizer, token_ids = load_source_tokenizer(src, config.get("transformers_version", "4.31.0"))
+    check_seg_token(tokenizer, token_ids, src)
+    if config.get("mm_use_im_start_end", False):
+        token_ids.update(image_wrapper_ids(tokenizer, src))
+    return tokenizer, token_ids
 
 
 def check_seg_token(tokenizer, token_ids: dict[str, int], src: Path) -> None:
