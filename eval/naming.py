@@ -27,7 +27,7 @@ from segllm import masks as rle_ops
 from segllm.files import atomic_write
 
 from .errors import EvalInputError
-from .predictions import read_jsonl
+from .predictions import parse_round_ground_truth, parse_round_predictions, read_jsonl
 
 
 def names_label(text: str, label: str, other_labels: set[str]) -> bool:
@@ -52,7 +52,11 @@ def _iou(pred: dict | None, target: dict) -> float:
 
 
 def naming_report(predictions: list[dict], data: list[dict]) -> dict:
-    """Per round type: rounds, share named right, mean IoU when named right / wrong."""
+    """Per round type: rounds, share named right, mean IoU when named right / wrong.
+
+    Both files are first checked as ``segllm eval mrseg`` checks them, so a bad record is an
+    ``EvalInputError`` naming its id and round."""
+    parse_round_predictions(parse_round_ground_truth(data), predictions, "mrseg")
     by_id = {p["id"]: p for p in predictions}
     labels = {t.get("label", "").lower() for record in data for r in record["rounds"]
               for t in r["targets"]} - {""}
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = naming_report(read_jsonl(args.predictions), read_jsonl(args.data))
-    except (EvalInputError, KeyError) as err:
+    except EvalInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)

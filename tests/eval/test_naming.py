@@ -32,13 +32,14 @@ def _round(kind, label, rows, refs=()):
 
 
 def test_report_per_type_with_the_iou_when_named_right_and_wrong(tmp_path):
-    data = [{"id": "a", "rounds": [_round("referring", "red circle", slice(0, 4)),
+    scene = {"image": "x.png", "height": 8, "width": 8}
+    data = [{"id": "a", **scene, "rounds": [_round("referring", "red circle", slice(0, 4)),
                                    _round("positional", "blue square", slice(4, 8))]},
-            {"id": "b", "rounds": [_round("referring", "blue square", slice(0, 2))]}]
-    preds = [{"id": "a", "rounds": [
+            {"id": "b", **scene, "rounds": [_round("referring", "blue square", slice(0, 2))]}]
+    preds = [{"id": "a", "task": "mrseg", "mode": "own", "rounds": [
                 {"index": 0, "text": "It is the red circle [SEG].", "masks": [_mask(8, slice(0, 2))]},
                 {"index": 1, "text": "It is the red circle [SEG].", "masks": [_mask(8, slice(0, 4))]}]},
-             {"id": "b", "rounds": [{"index": 0, "text": "No blue square is visible here.",
+             {"id": "b", "task": "mrseg", "mode": "own", "rounds": [{"index": 0, "text": "No blue square is visible here.",
                                      "masks": []}]}]
     report = naming_report(preds, data)
     assert report["referring"] == {"rounds": 2, "named_right": 0.5, "mean_iou_named_right": 0.5,

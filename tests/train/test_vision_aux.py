@@ -115,6 +115,17 @@ def test_labels_must_be_grounded_captions(labelled_dir, tiny_model):
         VisionAuxLoss.build(args, [source], tiny_model.tokenizer, 16)
 
 
+def test_a_phrase_mask_of_another_size_is_named_by_the_record_check(labelled_dir, tiny_model, tmp_path):
+    source = ConversationSource.from_args(SourceArgs(path=str(labelled_dir / "synthetic.jsonl")))
+    records = [json.loads(x) for x in (labelled_dir / "synthetic_gcg.jsonl").read_text().splitlines()]
+    records[1]["phrases"][0]["rle"] = encode_rle(np.zeros((8, 8), bool))
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in records))
+    args = VisionAuxArgs(labels=str(bad), image_root=str(labelled_dir), weight=1.0)
+    with pytest.raises(ValueError, match=r"labels.jsonl:2, record .*phrases\[0\].rle.size"):
+        VisionAuxLoss.build(args, [source], tiny_model.tokenizer, 16)
+
+
 def test_config_checks_name_the_key(labelled_dir, tmp_path):
     with pytest.raises(TrainConfigError, match="vision_aux.weight"):
         load_train_config(TINY_RECIPE, tiny_overrides(labelled_dir, tmp_path, **{
