@@ -192,25 +192,33 @@ def first_mask_table(args, pipelines: dict[str, SegLLMPipeline], image_tokens: i
               f"{(start + first) * 1e3:>13.0f} {second * 1e3:>10.0f}")
 
 
+def batch_conversations(pipeline: SegLLMPipeline, images: list[np.ndarray], rounds: int,
+                        generation: GenerationConfig) -> float:
+    """Seconds for ``len(images)`` conversations of ``rounds`` rounds through ``ask_batch``,
+    the sessions opened together (``start_batch``) inside the timing."""
+    start = time.perf_counter()
+    sessions = pipeline.start_batch(images, generation=generation)
+    for question in questions(rounds):
+        replies = pipeline.ask_batch([(s, question) for s in sessions])
+        assert all(r.masks for r in replies), "every forced [SEG] must give a mask"
+    return time.perf_counter() - start
+
+
 def batch_table(args, pipeline: SegLLMPipeline, image_tokens: int) -> None:
     """Conversations per second through ``ask_batch``: every session answers ``--batch-rounds``
     rounds, all sessions in one batched run a round (sessions opened inside the timing)."""
     generation = GenerationConfig(logits_processors=(ForcedTokens.from_text(pipeline,
                                                                             args.answer),))
     rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, size=(args.image, args.image, 3), dtype=np.uint8)
+              for _ in range(max(args.sessions))]
+    batch_conversations(pipeline, images[:2], 1, generation)  # warm-up (first-call costs)
     print(f"\n## ask_batch, {args.batch_rounds} rounds a conversation, {image_tokens} image "
           "tokens (conversations/s, session start included)")
     print(f"{'sessions':>8} {'seconds':>8} {'conv/s':>7} {'vs 1':>6}")
     base = None
     for count in args.sessions:
-        images = [rng.integers(0, 255, size=(args.image, args.image, 3), dtype=np.uint8)
-                  for _ in range(count)]
-        start = time.perf_counter()
-        sessions = [pipeline.start(im, generation=generation) for im in images]
-        for question in questions(args.batch_rounds):
-            replies = pipeline.ask_batch([(s, question) for s in sessions])
-            assert all(r.masks for r in replies), "every forced [SEG] must give a mask"
-        seconds = time.perf_counter() - start
+        seconds = batch_conversations(pipeline, images[:count], args.batch_rounds, generation)
         rate = count / seconds
         base = base or rate
         print(f"{count:>8} {seconds:>8.1f} {rate:>7.2f} {rate / base:>5.2f}x")

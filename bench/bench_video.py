@@ -10,11 +10,14 @@
   here with scipy) on the same frames.
 - **whole path**: ``VideoSegmenter.segment`` with a random model of ``--preset`` on a
   ``--clip-frames``-frame synthetic clip (``segllm.data_builders.synthetic_video``), the answer
-  forced to ``Sure, [SEG].`` so a mask is propagated; frames per second, and seconds per stage
-  (sampling, frame reading, the decoder's image encoding, the LLM, mask decoding; for the
-  target choice and for the propagation separately). The LLM sees each candidate's global-local
-  reference frames (8 + 4) at the preset's ``video.tokens_per_frame`` (``small``: 16), or
-  ``--tokens-per-frame``; 0 gives the target frame alone.
+  forced to ``Sure, [SEG].`` so a mask is propagated; frames per second, the process's CPU
+  seconds (steadier than wall time on a shared machine), the images the CLIP vision tower
+  encoded, and seconds per stage (sampling, frame reading, the reference frames' and the
+  decoder's image encoding, the LLM, mask decoding; for the target choice and for the
+  propagation separately). The LLM sees each candidate's global-local reference frames
+  (8 + 4) at the preset's ``video.tokens_per_frame`` (``small``: 16), or
+  ``--tokens-per-frame``; 0 gives the target frame alone. Each frame goes through the vision
+  tower once per query (``segllm.video.frame_tokens``), whatever number of candidates see it.
 """
 
 from __future__ import annotations
@@ -97,15 +100,20 @@ def bench_model(clip_frames: int, preset: str, candidates: int,
     frames = ArrayFrames(clip.frames)
     segmenter = VideoSegmenter(pipeline, num_candidates=candidates, generation=forced)
     segmenter.segment(ArrayFrames(clip.frames[:2]), "warm-up")
-    start = time.perf_counter()
+    tower_images = []
+    hook = model.llava.model.vision_tower.register_forward_pre_hook(
+        lambda _module, args: tower_images.append(len(args[0])))
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = segmenter.segment(frames, "the shape that ends up on the left")
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    hook.remove()
     propagated = not math.isinf(max(result.target.scores))
     seen = (f"{len(result.reference_frames)} reference frames of "
             f"{model.config.video.tokens_per_frame} tokens" if result.reference_frames_in_llm
             else "no reference frames")
     print(f"whole path, {preset} preset, {clip_frames} frames of 64x64, {candidates} candidates, "
-          f"{seen}: {total:.2f} s, {clip_frames / total:.2f} frames/s"
+          f"{seen}: {total:.2f} s, {clip_frames / total:.2f} frames/s, {cpu:.2f} s CPU; "
+          f"vision tower: {sum(tower_images)} images in {len(tower_images)} calls"
           + ("" if propagated else " (empty target mask: nothing propagated)"))
     for stage, seconds in sorted(result.timings.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:40s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")

@@ -5,7 +5,8 @@
     segllm eval revos|mevis --data meta_expressions.json --output DIR
                 (--model DIR | --predictions FILE)       # segllm.eval.video_cli
     segllm eval instance|detection|panoptic|semantic|referring|foreground
-                --data UNIFIED.jsonl --predictions FILE --output DIR   # segllm.eval.unified_cli
+                --data UNIFIED.jsonl (--predictions FILE | --model DECODER_DIR) --output DIR
+                # segllm.eval.unified_cli; DECODER_DIR: a decoder-only QueryMeld training's
 
 Round tasks with ``--model`` run in the modes of ``--ref-mode`` (``mrseg`` default: both, the
 model's own earlier masks fed back and ground-truth references; the others: own). With
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for predictions, metrics.json, metrics.md and the plot")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="model folder for SegLLMPipeline.from_pretrained (default, "
-                        "without --predictions: the shipped models/segllm-shapes)")
+                        "without --predictions: the shipped models/segllm-shapes); unified tasks: "
+                        "a decoder-only QueryMeld folder (segllm train, kind: decoder)")
     source.add_argument("--predictions", nargs="+", metavar="FILE",
                         help="predictions JSONL to score (round tasks: one file per mode, at most two)")
     parser.add_argument("--images", help="image root that the records' 'image' paths are relative to (needed with --model)")

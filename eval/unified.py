@@ -43,8 +43,9 @@ gIoU and mIoU over every expression, and per source. A box-only ground-truth ann
 (``rle: null``) counts in detection only.
 
 A model scores the same way once it writes this file: :func:`predictions_from_model` asks a
-:class:`UnifiedPredictor` for each image's annotations (``segllm eval TASK --model`` can use it
-when a decoder answers texts with masks, QueryMeldNet's ``decoder: querymeld``).
+:class:`UnifiedPredictor` for each image's annotations; ``segllm eval TASK --model DIR`` does
+it with a decoder-only QueryMeld model (``eval/unified_inference.py``), writes the file and
+scores it.
 """
 
 from __future__ import annotations
@@ -388,23 +389,38 @@ class UnifiedPredictor(Protocol):
     """What :func:`predictions_from_model` needs of a model: the annotations it finds in an
     ``(H, W, 3)`` uint8 image for a list of texts (the class vocabulary of a closed-set task,
     or one record's expressions for ``referring`` / ``foreground``, to answer in order), in
-    the predictions file's annotation format."""
+    the predictions file's annotation format. ``stuff``: the texts the ground truth marks as
+    stuff (``"isthing": false``), whose panoptic segments are one per text.
+    ``segllm.eval.unified_inference.QueryMeldPredictor`` is one."""
 
-    def predict(self, image: np.ndarray, texts: list[str], task: str) -> list[dict]: ...
+    def predict(self, image: np.ndarray, texts: list[str], task: str, *,
+                stuff: frozenset[str] = frozenset()) -> list[dict]: ...
+
+
+def stuff_texts(ground_truth: Sequence[GroundTruth]) -> frozenset[str]:
+    """The texts some ground-truth annotation marks as stuff (``"isthing": false``)."""
+    return frozenset(a["text"] for gt in ground_truth for a in gt.annotations
+                     if a["isthing"] is False)
 
 
 def predictions_from_model(predictor: UnifiedPredictor, task: str, ground_truth: Sequence[GroundTruth],
-                           records: dict[str, dict], images_root: str | os.PathLike) -> list[dict]:
+                           records: dict[str, dict], images_root: str | os.PathLike,
+                           progress: bool = False) -> list[dict]:
     """Prediction records (module docstring) for every ground-truth image, from ``predictor``.
 
     ``records``: the ground-truth records by id (their ``image`` paths, under ``images_root``).
     """
+    from tqdm import tqdm
+
     from segllm.images import load_image
 
     vocabulary = sorted({a["text"] for gt in ground_truth for a in gt.annotations})
+    stuff = stuff_texts(ground_truth)
     out = []
-    for gt in ground_truth:
+    for gt in tqdm(ground_truth, desc=f"predict {task}", unit="img", disable=not progress,
+                   dynamic_ncols=True):
         image = np.asarray(load_image(os.path.join(images_root, records[gt.id]["image"]), orientation="stored"))
         texts = [a["text"] for a in gt.annotations] if task in PAIRED_TASKS else vocabulary
-        out.append({"id": gt.id, "task": task, "annotations": predictor.predict(image, texts, task)})
+        out.append({"id": gt.id, "task": task,
+                    "annotations": predictor.predict(image, texts, task, stuff=stuff)})
     return out

@@ -1,14 +1,17 @@
 """``segllm eval instance|detection|panoptic|semantic|referring|foreground``: score unified tasks.
 
     segllm eval instance --data data/unified/coco.unified.jsonl --predictions pred.jsonl --output out/
+    segllm eval panoptic --data val/synthetic_multitask.jsonl --model runs/querymeld --output out/
 
 ``--data`` holds unified records (``segllm build-data SOURCE --split val --records unified``),
-``--predictions`` one record per scored image in the format of ``segllm.eval.unified``. Writes
-``metrics.json``, ``metrics.md`` (printed) and ``metrics.png``: the precision-recall curves
-(instance, detection), PQ per category (panoptic), IoU per class (semantic) or the histogram
-of per-expression IoU (referring, foreground). ``--model`` is for when a decoder that answers
-texts with masks lands (``segllm.eval.unified.predictions_from_model`` is the seam); until
-then a model writes the predictions file itself.
+``--predictions`` one record per scored image in the format of ``segllm.eval.unified``.
+``--model`` is a decoder-only QueryMeld folder (``segllm train`` with a ``kind: decoder``
+recipe): it answers every scored image (``segllm.eval.unified_inference``; images under
+``--images``, default the folder of ``--data``), and its predictions are written to
+``predictions.jsonl`` in ``--output`` and scored like a file. Writes ``metrics.json``,
+``metrics.md`` (printed) and ``metrics.png``: the precision-recall curves (instance,
+detection), PQ per category (panoptic), IoU per class (semantic) or the histogram of
+per-expression IoU (referring, foreground).
 
 Like ``eval/cli.py``, this module imports only argparse at import time.
 """
@@ -24,31 +27,61 @@ UNIFIED_TASKS = ("instance", "detection", "panoptic", "semantic", "referring", "
 
 
 def run_unified(args: argparse.Namespace) -> int:
-    """Score ``args.predictions`` against ``args.data``; 0, or 2 on bad input (one line)."""
+    """Score ``args.predictions``, or what ``args.model`` predicts, against ``args.data``; 0, or
+    2 on bad input (one line)."""
     from segllm.files import check_writable_dir
 
     from .errors import EvalInputError
     from .unified import load_ground_truth, load_predictions, score
 
-    if not args.predictions or len(args.predictions) != 1:
+    if args.model is None and (not args.predictions or len(args.predictions) != 1):
         print(f"error: segllm eval {args.task} scores one --predictions file (the format is in "
-              "segllm.eval.unified; no model answers unified tasks yet)", file=sys.stderr)
+              "segllm.eval.unified), or what --model (a decoder-only QueryMeld folder) "
+              "predicts", file=sys.stderr)
         return 2
     try:
         check_writable_dir(args.output)
         ground_truth, others, unscored = load_ground_truth(args.data, args.task, limit=args.limit)
-        predictions = load_predictions(args.predictions[0], args.task, ground_truth, unscored)
+        prediction_file = (predict_with_model(args, ground_truth) if args.model is not None
+                           else Path(args.predictions[0]))
+        predictions = load_predictions(prediction_file, args.task, ground_truth, unscored)
         metrics = score(args.task, ground_truth, predictions)
     except (EvalInputError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    metrics = {"task": args.task, "data": str(args.data), "predictions": str(args.predictions[0]),
+    metrics = {"task": args.task, "data": str(args.data), "predictions": str(prediction_file),
+               **({"model": str(args.model)} if args.model is not None else {}),
                "n_records_other_tasks": dict(sorted(others.items()))} | metrics
     markdown = write_outputs(Path(args.output), metrics)
     print(markdown)
     return 0
+
+
+def predict_with_model(args: argparse.Namespace, ground_truth) -> Path:
+    """``--model``'s predictions for the scored records, written to ``OUTPUT/predictions.jsonl``
+    (atomically) after every image was checked; returns the file."""
+    import json
+
+    from segllm.files import write_text_atomic
+    from segllm.image_check import check_record_images
+    from segllm.records import iter_jsonl
+
+    from .unified import predictions_from_model
+    from .unified_inference import QueryMeldPredictor
+
+    predictor = QueryMeldPredictor.from_dir(args.model, device=args.device)
+    scored = {gt.id for gt in ground_truth}
+    records = {r["id"]: r for _, r in iter_jsonl(args.data) if r.get("id") in scored}
+    images = args.images if args.images is not None else Path(args.data).parent
+    progress = not args.no_progress
+    check_record_images(args.data, list(records.values()), images, progress=progress)
+    rows = predictions_from_model(predictor, args.task, ground_truth, records, images,
+                                  progress=progress)
+    path = Path(args.output) / "predictions.jsonl"
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def write_outputs(output: Path, metrics: dict) -> str:

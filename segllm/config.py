@@ -81,7 +81,8 @@ class MaskEncoderConfig:
     ``token_dropout``: in training, each crop token and each box token is zeroed as a whole with
     this probability (crop and box drawn independently, per reference), without rescaling the
     kept ones; ``inference_scale`` multiplies both tokens outside training. SegLLM's code uses
-    0.5 and 0.5 (the expected value of a training token); 0.0 and 1.0 turn both off.
+    0.5 and 0.5 (the expected value of a training token); 0.0 and 1.0 turn both off; 1.0 and
+    0.0 zero the tokens always (the retrained ablation without them).
     """
 
     enabled: bool = True

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from transformers.cache_utils import Cache
 
+from .batched_inputs import embed_jobs, takes_batched_path
 from .generation import GenerationConfig, choose_token
-from .kv_cache import growing_cache
+from .kv_cache import GrowingLayer, growing_cache
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -45,6 +47,8 @@ class Job:
     generator: torch.Generator | None
     warnings: list[str]
     frame_pixel_values: torch.Tensor | None = None  # [F, 3, S, S] a video's reference frames
+    frame_tokens: torch.Tensor | None = None  # or [F, tokens_per_frame, H] them already encoded
+    past_layers: list | None = None  # ``Outcome.layers`` of the round that made ``past``
     # region-encoder models (GLaMM): this round's boxes, the boxes of every <bbox> slot in
     # new_ids, and the CLIP input they are read from (also when the cache holds the image)
     region_boxes: torch.Tensor | None = None
@@ -59,6 +63,9 @@ class Outcome:
     tokens: list[int]
     seg_states: list[torch.Tensor]
     past: list[tuple[torch.Tensor, torch.Tensor]]
+    # the run's cache layers when the job ran alone: its next round writes on after ``past``
+    # in their spare room instead of copying the history into a new cache
+    layers: list | None = None
 
 
 class Engine:
@@ -92,10 +99,18 @@ class Engine:
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Prefill every job's new tokens over its own cache, then decode all rows together."""
         with self._lock:
-            embeds = [self._embed_job(job) for job in jobs]
+            embeds = self._embed_jobs(jobs)
             batch = BatchedCache.start(jobs, embeds, self.model.language_model)
             hidden = batch.prefill(self.model.language_model)
             return self._decode(jobs, batch, hidden)
+
+    def _embed_jobs(self, jobs: list[Job]) -> list[torch.Tensor]:
+        """Every job's input embeddings; the vision tower runs once for all the jobs it can
+        take together (``batched_inputs``), the others go through ``embed_inputs`` alone."""
+        together = [job for job in jobs if takes_batched_path(job)]
+        embedded = dict(zip(map(id, together), embed_jobs(self.model, together), strict=True))
+        return [embedded[id(job)] if id(job) in embedded else self._embed_job(job)
+                for job in jobs]
 
     def _embed_job(self, job: Job) -> torch.Tensor:
         device = self.model.device
@@ -105,6 +120,8 @@ class Engine:
         pixels = job.pixel_values.to(device)[None] if job.pixel_values is not None else None
         frames = (job.frame_pixel_values.to(device)
                   if job.frame_pixel_values is not None and pixels is not None else None)
+        frame_tokens = (job.frame_tokens.to(device)
+                        if job.frame_tokens is not None and pixels is not None else None)
         regions = job.feed_region_boxes
         region_kwargs = {}
         if regions is not None and len(regions):
@@ -112,6 +129,7 @@ class Engine:
                              "region_pixel_values": job.region_pixel_values.to(device)[None]}
         return self.model.embed_inputs(ids, pixel_values=pixels, ref_pixel_values=crops,
                                        ref_boxes=boxes, frame_pixel_values=frames,
+                                       frame_tokens=frame_tokens,
                                        **region_kwargs)[0]
 
     def _decode(self, jobs: list[Job], batch: BatchedCache, hidden: torch.Tensor) -> list[Outcome]:
@@ -126,13 +144,15 @@ class Engine:
                 states[i] = batch.forced_seg_states(i, hidden, job, seg)
                 done[i] = True
         last = hidden[:, -1]
+        suppressed = self._suppressed.to(last.device)  # once a run, not once a token and row
         while not all(done):
-            logits = lm_head(last).float()
+            # never-generated ids masked for every row in one op (no copy of a row per token)
+            logits = lm_head(last).float().masked_fill_(suppressed, float("-inf"))
             for i, job in enumerate(jobs):
                 if done[i]:
                     continue
                 token = choose_token(logits[i], tokens[i], job.generation, job.generator,
-                                     suppressed=self._suppressed, eos_id=eos)
+                                     eos_id=eos)
                 tokens[i].append(token)
                 if token == seg:
                     states[i].append(last[i])
@@ -143,7 +163,9 @@ class Engine:
             embeds = self.model.language_model.embed_tokens(
                 torch.tensor(feed, device=last.device)[:, None])
             last = batch.step(self.model.language_model, embeds, [not d for d in done])[:, -1]
-        return [Outcome(tokens[i], states[i], batch.row_cache(i)) for i in range(len(jobs))]
+        layers = batch.cache.layers if batch.reusable else None
+        return [Outcome(tokens[i], states[i], batch.row_cache(i), layers)
+                for i in range(len(jobs))]
 
 
 class BatchedCache:
@@ -161,6 +183,7 @@ class BatchedCache:
         self.new_len, self.new_lens = new_len, new_lens
         self.attn_impl, self.dtype = attn_impl, dtype
         self.embeds: torch.Tensor | None = None
+        self.padded = not bool(valid.all())  # kept up to date, so a step needs no reduction
 
     @classmethod
     def start(cls, jobs: list[Job], embeds: list[torch.Tensor], language_model) -> BatchedCache:
@@ -168,8 +191,9 @@ class BatchedCache:
         past_len = max(j.past_len for j in jobs)
         new_len = max(e.shape[0] for e in embeds)
         device, dtype = embeds[0].device, embeds[0].dtype
-        cache = growing_cache(language_model.config.num_hidden_layers,
-                              pad_caches(jobs, past_len) if past_len else None)
+        cache = reused_cache(jobs, past_len) or growing_cache(
+            language_model.config.num_hidden_layers,
+            pad_caches(jobs, past_len) if past_len else None)
         valid = torch.zeros(rows, past_len + new_len, dtype=torch.bool, device=device)
         padded = torch.zeros(rows, new_len, embeds[0].shape[-1], dtype=dtype, device=device)
         positions = torch.zeros(rows, new_len, dtype=torch.long, device=device)
@@ -186,8 +210,15 @@ class BatchedCache:
         batch.embeds = padded
         return batch
 
+    @property
+    def reusable(self) -> bool:
+        """Whether the cache is one row without pads, in growing layers: a session's next
+        round can write on in it."""
+        return (self.valid.shape[0] == 1 and not self.padded
+                and all(isinstance(layer, GrowingLayer) for layer in self.cache.layers))
+
     def _mask(self, query_len: int):
-        if bool(self.valid.all()):
+        if not self.padded:
             return None
         length = self.valid.shape[1]
         query_cols = torch.arange(length - query_len, length, device=self.valid.device)
@@ -202,7 +233,7 @@ class BatchedCache:
         return additive.masked_fill(~allowed, torch.finfo(self.dtype).min)
 
     def _positions(self, positions: torch.Tensor):
-        return None if bool(self.valid.all()) else positions
+        return positions if self.padded else None
 
     def prefill(self, language_model) -> torch.Tensor:
         """Run the new tokens of every row; returns the last hidden states [B, N, H]."""
@@ -217,6 +248,7 @@ class BatchedCache:
         """One decode step: ``embeds`` [B, 1, H]; rows not ``active`` get a pad column."""
         act = torch.tensor(active, device=self.valid.device)
         self.valid = torch.cat([self.valid, act[:, None]], dim=1)
+        self.padded = self.padded or not all(active)
         out = language_model(inputs_embeds=embeds, attention_mask=self._mask(1),
                              position_ids=self._positions(self.next_positions[:, None]),
                              past_key_values=self.cache, use_cache=True)
@@ -234,12 +266,26 @@ class BatchedCache:
     def row_cache(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Row ``row``'s keys and values with the pads taken out: [1, heads, L_row, dim]."""
         keep = self.valid[row]
-        everything = bool(keep.all())
+        everything = not self.padded or bool(keep.all())
         out = []
         for layer in self.cache.layers:
             k, v = layer.keys[row:row + 1], layer.values[row:row + 1]
             out.append((k, v) if everything else (k[:, :, keep], v[:, :, keep]))
         return out
+
+
+def reused_cache(jobs: list[Job], past_len: int) -> Cache | None:
+    """A lone job's cache layers from its previous round (``Outcome.layers``), to write on in
+    place; None where there are none to reuse. Columns past ``past_len`` (a round undone or
+    refused after its prefill) are dropped first; the ones before it are the job's ``past``."""
+    if len(jobs) != 1 or not past_len or jobs[0].past_layers is None:
+        return None
+    layers = jobs[0].past_layers
+    if any(layer.length < past_len for layer in layers):
+        return None
+    for layer in layers:
+        layer.crop(past_len - layer.length)
+    return Cache(layers=layers)
 
 
 def pad_caches(jobs: list[Job], past_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

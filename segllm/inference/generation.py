@@ -77,14 +77,20 @@ class ForcedTokens:
 
 
 def choose_token(logits: torch.Tensor, generated: list[int], cfg: GenerationConfig,
-                 generator: torch.Generator | None, *, suppressed: torch.Tensor,
-                 eos_id: int) -> int:
-    """The next token of one row: never-generated ids masked, ``</s>`` held back until
-    ``min_new_tokens``, the config's processors, then greedy or sampling."""
-    scores = logits.clone()
-    scores[suppressed.to(scores.device)] = float("-inf")
+                 generator: torch.Generator | None, *, eos_id: int,
+                 suppressed: torch.Tensor | None = None) -> int:
+    """The next token of one row: never-generated ids masked (``suppressed``, a bool mask over
+    the vocabulary; None: the caller masked them), ``</s>`` held back until
+    ``min_new_tokens``, the config's processors, then greedy or sampling. ``logits`` is not
+    changed."""
+    scores = logits
+    if suppressed is not None:
+        scores = scores.masked_fill(suppressed.to(scores.device), float("-inf"))
     if len(generated) < cfg.min_new_tokens:
+        scores = scores.clone() if scores is logits else scores
         scores[eos_id] = float("-inf")
+    if cfg.logits_processors and scores is logits:  # processors may write in place
+        scores = scores.clone()
     if cfg.logits_processors:
         ids = torch.tensor([generated], dtype=torch.long, device=scores.device).view(1, -1)
         row = scores[None]

@@ -13,7 +13,7 @@ from ..dtypes import resolve_dtype
 from ..images import ImageLimits, InputError, Orientation, load_image
 from .engine import Engine, Job, Outcome
 from .generation import GenerationConfig
-from .session import ChatSession, Reply
+from .session import ChatSession, Reply, _reference_frame_pixels
 
 
 class SegLLMPipeline:
@@ -84,7 +84,8 @@ class SegLLMPipeline:
     def start(self, image, reuse_cache: bool | None = None,
               generation: GenerationConfig | None = None, *,
               orientation: Orientation = "exif",
-              reference_frames: Sequence | None = None) -> ChatSession:
+              reference_frames: Sequence | None = None,
+              reference_frame_tokens: torch.Tensor | None = None) -> ChatSession:
         """Open a session on ``image`` (anything ``segllm.images.load_image`` takes); the mask
         decoder's image features are computed here.
 
@@ -94,12 +95,57 @@ class SegLLMPipeline:
         ``reference_frames``: a video's reference frames (VISA's global-local frames, in
         temporal order), given to the LLM beside ``image``, the target frame; only for a model
         that takes them (``config.video.tokens_per_frame`` > 0, ``takes_reference_frames``).
+        ``reference_frame_tokens``: the same frames already encoded by
+        ``encode_reference_frames`` (several sessions on one video share the work).
         """
+        if reference_frames and reference_frame_tokens is not None:
+            raise InputError("give a video's reference frames as images or as their tokens, "
+                             "not both")
+        if reference_frame_tokens is not None:
+            self._check_frame_tokens(reference_frame_tokens)
         pil = load_image(image, orientation=orientation, limits=self.limits)
         frames = [load_image(f, orientation=orientation, limits=self.limits)
                   for f in reference_frames or []]
         return ChatSession(self, pil, self.reuse_cache if reuse_cache is None else reuse_cache,
-                           generation or self.generation, reference_frames=frames)
+                           generation or self.generation, reference_frames=frames,
+                           reference_frame_tokens=reference_frame_tokens)
+
+    def _check_frame_tokens(self, tokens: torch.Tensor) -> None:
+        if not self.takes_reference_frames:
+            raise InputError("reference frames were given but this model takes none "
+                             "(config.video.tokens_per_frame is 0)")
+        expected = (self.config.video.tokens_per_frame, self.config.llm.hidden_size)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != expected:
+            raise InputError(f"reference_frame_tokens of shape {tuple(tokens.shape)}: this "
+                             f"model takes [F, {expected[0]}, {expected[1]}] "
+                             "(encode_reference_frames)")
+
+    @torch.inference_mode()
+    def encode_reference_frames(self, frames: Sequence, *,
+                                orientation: Orientation = "exif") -> torch.Tensor:
+        """A video's reference frames (anything ``load_image`` takes) -> their LLM tokens
+        [F, tokens_per_frame, H], as a session given them as ``reference_frames`` computes
+        them; for ``start(reference_frame_tokens=...)``."""
+        images = [load_image(f, orientation=orientation, limits=self.limits) for f in frames]
+        pixels = _reference_frame_pixels(self, images)
+        if not len(pixels):
+            return torch.zeros((0, self.config.video.tokens_per_frame,
+                                self.config.llm.hidden_size))
+        return self.model.reference_frame_tokens(pixels.to(self.model.device))
+
+    def start_batch(self, images: Sequence, reuse_cache: bool | None = None,
+                    generation: GenerationConfig | None = None, *,
+                    orientation: Orientation = "exif") -> list[ChatSession]:
+        """Open a session on each of ``images`` (as ``start``), the mask decoder's image
+        encoder running once over all of them; for ``ask_batch``."""
+        reuse = self.reuse_cache if reuse_cache is None else reuse_cache
+        sessions = [ChatSession(self, load_image(image, orientation=orientation,
+                                                 limits=self.limits),
+                                reuse, generation or self.generation, encode_decoder=False)
+                    for image in images]
+        if reuse:
+            self.decoder_features(sessions)
+        return sessions
 
     @property
     def takes_reference_frames(self) -> bool:
@@ -110,7 +156,9 @@ class SegLLMPipeline:
                   generation: GenerationConfig | None = None,
                   ref_masks: Sequence[Mapping[int, Sequence[np.ndarray]] | None] | None = None,
                   regions: Sequence[Sequence[np.ndarray] | None] | None = None) -> list[Reply]:
-        """One round for several sessions in one batched run (prefill and decode together).
+        """One round for several sessions in one batched run (prefill and decode together; the
+        vision tower once for all the new images and mask crops, the decoder's image encoder
+        once for the images whose features no session keeps yet).
 
         Every request is validated first: if one is refused, ``InputError`` names it and no
         session changes. Results match asking each session alone (up to float rounding).
@@ -132,8 +180,10 @@ class SegLLMPipeline:
                                              regions=area))
             except InputError as err:
                 raise type(err)(f"request {i}: {err}") from err
+        features = self.decoder_features(sessions)  # images not encoded yet: in one call
         outcomes = self.run_jobs(jobs)
-        return [job.session.commit(job, out) for job, out in zip(jobs, outcomes, strict=True)]
+        return [job.session.commit(job, out, features=feats)
+                for job, out, feats in zip(jobs, outcomes, features, strict=True)]
 
     def answer_token_ids(self, answer: str) -> list[int]:
         """An answer as the template encodes it: `` {answer}`` then ``</s>``."""
@@ -145,6 +195,24 @@ class SegLLMPipeline:
         return self.engine.run(jobs)
 
     # -- masks ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decoder_features(self, sessions: Sequence[ChatSession]) -> list[torch.Tensor]:
+        """The mask decoder's image features [1, ...] of each session: kept ones as they are,
+        the others computed together, one image-encoder call per input shape (and kept by
+        the sessions that keep their cache)."""
+        pending: dict[tuple[int, ...], list[ChatSession]] = {}
+        for session in sessions:
+            if session.decoder_input is not None:
+                pending.setdefault(tuple(session.decoder_input.shape), []).append(session)
+        computed = {}
+        for group in pending.values():
+            pixels = torch.stack([s.decoder_input for s in group]).to(self.model.device)
+            encoded = self.model.encode_images_for_decoder(pixels)
+            for session, features in zip(group, encoded, strict=True):
+                computed[id(session)] = features[None].clone()  # its own storage, not the batch's
+                session.keep_decoder_features(computed[id(session)])
+        return [computed[id(s)] if id(s) in computed else s.decoder_features() for s in sessions]
 
     @torch.inference_mode()
     def decode_masks(self, states: list[torch.Tensor], *, features: torch.Tensor,

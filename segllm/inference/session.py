@@ -61,7 +61,9 @@ class ChatSession:
     when given). Create with ``SegLLMPipeline.start``."""
 
     def __init__(self, pipeline: SegLLMPipeline, image, reuse_cache: bool,
-                 generation: GenerationConfig, reference_frames: Sequence | None = None):
+                 generation: GenerationConfig, reference_frames: Sequence | None = None,
+                 encode_decoder: bool = True,
+                 reference_frame_tokens: torch.Tensor | None = None):
         self.pipeline = pipeline
         self.image = image  # RGB PIL image, in the orientation ``start`` was given
         self.size = (image.height, image.width)  # (H, W) of every mask
@@ -77,9 +79,16 @@ class ChatSession:
         self._decoder_pixels, self._decoder_input_size = decoder.preprocess(self._model_pixels,
                                                                             cfg.decoder_config)
         self._frame_pixels = _reference_frame_pixels(pipeline, reference_frames or [])
-        self._decoder_features = self._encode_for_decoder() if reuse_cache else None
+        # or the frames already encoded ([F, tokens_per_frame, H], ``reference_frame_tokens``)
+        self._frame_tokens = reference_frame_tokens
+        self._num_frames = (len(reference_frame_tokens) if reference_frame_tokens is not None
+                            else len(self._frame_pixels))
+        # False: the caller encodes several sessions' images in one call (``start_batch``)
+        self._decoder_features = (self._encode_for_decoder() if reuse_cache and encode_decoder
+                                  else None)
         self._ids: list[int] = []  # every token of the conversation so far
         self._past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._past_layers: list | None = None  # the cache layers ``_past`` is the start of
         self._past_len = 0
         self._rounds: list[SessionRound] = []
 
@@ -126,8 +135,7 @@ class ChatSession:
         """Masks and scores of ``[SEG]`` states (from any session of this pipeline) on this
         session's image; the session does not change. Video propagation re-prompts the
         decoder on every frame this way (``segllm.video.propagation``)."""
-        features = (self._decoder_features if self._decoder_features is not None
-                    else self._encode_for_decoder())
+        features = self.decoder_features()
         return self.pipeline.decode_masks(list(states), features=features,
                                           input_size=self._decoder_input_size,
                                           original_size=self.size)
@@ -155,7 +163,7 @@ class ChatSession:
         areas = self._region_masks(question, regions, notes)
         question = _drop_empty_refs(question, referable)
         counts = [len(referable.get(k, [])) for k in range(r + 1)]
-        frame_tokens = len(self._frame_pixels) * p.config.video.tokens_per_frame if r == 0 else 0
+        frame_tokens = self._num_frames * p.config.video.tokens_per_frame if r == 0 else 0
         try:
             encoded = encode_round(
                 Turn(question), r, counts, p.tokenizer, p.token_ids,
@@ -188,11 +196,13 @@ class ChatSession:
             pixel_values=self._clip_pixels if past_len == 0 else None,
             ref_crops=crops, ref_boxes=boxes, feed_crops=feed_crops, feed_boxes=feed_boxes,
             past=self._past if past_len else None, past_len=past_len, forced_answer=forced,
+            past_layers=self._past_layers if past_len else None,
             decoder_ref_mask=_union([*referable.values(), used_areas]),
             max_new_tokens=min(generation.max_new_tokens, room), warnings=notes,
             generation=generation, generator=round_generator(generation, r),
             frame_pixel_values=self._frame_pixels if past_len == 0 and len(self._frame_pixels)
             else None,
+            frame_tokens=self._frame_tokens if past_len == 0 and self._num_frames else None,
             region_boxes=region_boxes, feed_region_boxes=feed_regions,
             region_pixel_values=self._clip_pixels if len(feed_regions) else None,
         )
@@ -299,11 +309,13 @@ class ChatSession:
 
     # -- committing a round --------------------------------------------------------------------
 
-    def commit(self, job: Job, outcome: Outcome) -> Reply:
-        """Decode the masks of a finished job and store the round (tokens, cache, masks)."""
+    def commit(self, job: Job, outcome: Outcome, features: torch.Tensor | None = None
+               ) -> Reply:
+        """Decode the masks of a finished job and store the round (tokens, cache, masks).
+        ``features``: the decoder's features of the image when already computed
+        (``ask_batch`` encodes the images of a batch together)."""
         p = self.pipeline
-        features = (self._decoder_features if self._decoder_features is not None
-                    else self._encode_for_decoder())
+        features = self.decoder_features() if features is None else features
         masks, scores = p.decode_masks(outcome.seg_states, features=features,
                                        input_size=self._decoder_input_size,
                                        original_size=self.size, ref_mask=job.decoder_ref_mask)
@@ -319,7 +331,7 @@ class ChatSession:
                                    ref_boxes=job.ref_boxes, region_boxes=job.region_boxes))
         self._ids = self._ids + job.prefix_ids + answer_ids
         if self.reuse_cache:
-            self._past = outcome.past
+            self._past, self._past_layers = outcome.past, outcome.layers
             self._past_len = int(outcome.past[0][0].shape[2]) if outcome.past else 0
         return reply
 
@@ -328,6 +340,26 @@ class ChatSession:
             return
         self._past = [(k[:, :, :length], v[:, :, :length]) for k, v in self._past] if length else None
         self._past_len = length
+
+    def decoder_features(self) -> torch.Tensor:
+        """The mask decoder's features of the image: the kept ones, else computed now (and
+        kept when the session keeps its cache; recomputing sessions encode every round)."""
+        if self._decoder_features is not None:
+            return self._decoder_features
+        features = self._encode_for_decoder()
+        self.keep_decoder_features(features)
+        return features
+
+    def keep_decoder_features(self, features: torch.Tensor) -> None:
+        """Keep ``features`` [1, ...] (computed for this session's image, alone or in a batch)
+        for later rounds, when the session keeps its cache."""
+        if self.reuse_cache:
+            self._decoder_features = features
+
+    @property
+    def decoder_input(self) -> torch.Tensor | None:
+        """[3, S', S'] the decoder's input image when its features are not kept yet."""
+        return self._decoder_pixels if self._decoder_features is None else None
 
     def _encode_for_decoder(self) -> torch.Tensor:
         with torch.inference_mode():

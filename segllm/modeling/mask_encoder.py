@@ -11,6 +11,9 @@ multiplied by ``inference_scale`` (SegLLM: 0.5, the training tokens' expected va
 difference, on purpose: SegLLM's zeroing line writes into a copy, so its tokens are *added* to
 the placeholder's embedding and a dropped token leaves that embedding; ours replace the slot,
 and a dropped token is the zero vector.
+
+``token_dropout=1.0`` with ``inference_scale=0.0`` zeroes both tokens always: the retrained
+"mask-encoder tokens zeroed" ablation (the slots stay, so the sequence is unchanged).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class MaskEncoder(nn.Module):
 
     def __init__(self, hidden: int, token_dropout: float = 0.0, inference_scale: float = 1.0):
         super().__init__()
-        if not 0.0 <= token_dropout < 1.0:
-            raise ValueError(f"mask_encoder.token_dropout must be in [0, 1), got {token_dropout}")
+        if not 0.0 <= token_dropout <= 1.0:
+            raise ValueError(f"mask_encoder.token_dropout must be in [0, 1], got {token_dropout}")
         self.box_proj = nn.Linear(4, hidden)
         self.token_dropout = token_dropout
         self.inference_scale = inference_scale

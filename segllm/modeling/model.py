@@ -180,6 +180,7 @@ class SegLLMModel(nn.Module):
                      sample_ids: list[str] | None = None,
                      frame_pixel_values: torch.Tensor | None = None,
                      frame_counts: list[int] | None = None,
+                     frame_tokens: torch.Tensor | None = None,
                      region_boxes: list[torch.Tensor] | None = None,
                      region_pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with image, reference-frame and mask-encoder tokens in their slots.
@@ -194,6 +195,9 @@ class SegLLMModel(nn.Module):
             frame_pixel_values: [F, 3, S, S] CLIP input of the video reference frames of the
                 whole batch, sample by sample, each sample's in its slot order.
             frame_counts: per sample, how many of them are its own (default: all, one sample).
+            frame_tokens: [F, tokens_per_frame, H] the reference frames' tokens already
+                computed by :meth:`reference_frame_tokens` (a video query encodes each frame
+                once for all its candidate frames), in place of ``frame_pixel_values``.
             region_boxes: per sample [k, 4] normalised x1y1x2y2 boxes for its ``<bbox>``
                 slots, in order (region-encoder models: ``config.region_encoder``).
             region_pixel_values: the CLIP input the boxes are read from (default
@@ -208,10 +212,14 @@ class SegLLMModel(nn.Module):
         if pixel_values is not None or image_slots.any():
             embeds = self._scatter_image(embeds, image_slots, pixel_values, names)
         frame_slots = input_ids == ids["frame"] if "frame" in ids else None
-        has_frames = frame_pixel_values is not None and len(frame_pixel_values) > 0
+        if frame_tokens is not None and frame_pixel_values is not None:
+            raise ValueError("give a video's reference frames as frame_pixel_values or as "
+                             "frame_tokens, not both")
+        frames = frame_tokens if frame_tokens is not None else frame_pixel_values
+        has_frames = frames is not None and len(frames) > 0
         if has_frames or (frame_slots is not None and frame_slots.any()):
-            embeds = self._scatter_frames(embeds, frame_slots, frame_pixel_values, frame_counts,
-                                          names)
+            embeds = self._scatter_frames(embeds, frame_slots, frames, frame_counts, names,
+                                          encoded=frame_tokens is not None)
         crop_slots = input_ids == ids["mask_crop"]
         box_slots = input_ids == ids["mask_box"]
         if crop_slots.any() or box_slots.any() or (ref_boxes is not None and len(ref_boxes)):
@@ -264,12 +272,22 @@ class SegLLMModel(nn.Module):
                     f"vision tower gives {feats.shape[1]} features per image")
         return embeds.masked_scatter(slots.unsqueeze(-1), feats.to(embeds.dtype))
 
-    def _scatter_frames(self, embeds, slots, pixel_values, counts, names) -> torch.Tensor:
+    def reference_frame_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[F, 3, S, S] CLIP input of a video's reference frames -> [F, tokens_per_frame, H]
+        their pooled, projected tokens (what their ``<frame>`` slots take)."""
+        return frame_tokens(self.llava, pixel_values, layer=self.config.vision.feature_layer,
+                            grid=_patch_grid(self.config),
+                            count=self.config.video.tokens_per_frame)
+
+    def _scatter_frames(self, embeds, slots, frames, counts, names, *,
+                        encoded: bool = False) -> torch.Tensor:
+        """Fill the ``<frame>`` slots from ``frames``: CLIP input [F, 3, S, S], or their
+        tokens [F, tokens_per_frame, H] when ``encoded``."""
         per_frame = self.config.video.tokens_per_frame
         if per_frame == 0:
             raise ValueError("reference frames were given but this model takes none "
                              "(config.video.tokens_per_frame is 0)")
-        given = len(pixel_values) if pixel_values is not None else 0
+        given = len(frames) if frames is not None else 0
         counts = counts if counts is not None else [given] + [0] * (embeds.shape[0] - 1)
         if len(counts) != embeds.shape[0] or sum(counts) != given:
             raise ValueError(f"frame_counts {counts} do not share out the {given} reference "
@@ -282,8 +300,10 @@ class SegLLMModel(nn.Module):
                     f"{n_frames} frame(s) of {per_frame} tokens were given")
         if given == 0:
             return embeds
-        tokens = frame_tokens(self.llava, pixel_values, layer=self.config.vision.feature_layer,
-                              grid=_patch_grid(self.config), count=per_frame)
+        if encoded and tuple(frames.shape[1:]) != (per_frame, embeds.shape[-1]):
+            raise ValueError(f"frame_tokens of shape {tuple(frames.shape)}: expected "
+                             f"[F, {per_frame}, {embeds.shape[-1]}]")
+        tokens = frames if encoded else self.reference_frame_tokens(frames)
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def _scatter_refs(self, embeds, crop_slots, box_slots, crops, boxes, ref_rounds,

@@ -20,7 +20,8 @@ video predictor when given). An empty target mask gives empty masks everywhere (
 ``num_local`` around the target) are the frames VISA gives its LLM besides the target. A model
 that takes them (``config.video.tokens_per_frame`` > 0: pooled image tokens per frame, before
 the target's) sees each candidate with its own reference frames in the scoring pass, so the
-chosen target's ``[SEG]`` comes from the frames it is propagated with. A model trained
+chosen target's ``[SEG]`` comes from the frames it is propagated with; each frame is encoded
+into its tokens once per query (``frame_tokens.FrameTokenCache``). A model trained
 without them (``tokens_per_frame`` 0, the shipped shapes model) sees the target alone; the
 frames are then only recorded (``VideoResult.reference_frames_in_llm`` says which).
 """

@@ -8,10 +8,10 @@ frame whose answer carries the mask the decoder is most confident of (its predic
 uses (the mask that gets propagated), and the chosen frame's ``[SEG]`` states are kept, so the
 target frame costs no extra LLM run. A model that takes reference frames
 (``config.video.tokens_per_frame``) sees each candidate with its own global-local reference
-frames (``reference_frames_for``), as it would as the target. A frame whose answer has no
-non-empty mask scores
-``-inf``; when every candidate does, the target keeps an empty mask and VISA's rule applies
-(empty everywhere).
+frames (``reference_frames_for``), as it would as the target; each frame is encoded into its
+tokens once for the whole pass (``segllm.video.frame_tokens``), however many candidates see it.
+A frame whose answer has no non-empty mask scores ``-inf``; when every candidate does, the
+target keeps an empty mask and VISA's rule applies (empty everywhere).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from ..inference.generation import GenerationConfig
 from ..inference.session import Reply
+from .frame_tokens import FrameTokenCache
 from .timing import StageTimer
 
 
@@ -57,12 +58,14 @@ def candidate_score(reply: Reply) -> float:
 def choose_target_frame(pipeline, frames, query: str, *, candidates: list[int],
                         generation: GenerationConfig | None = None,
                         batch_size: int = 4, timer: StageTimer | None = None,
-                        reference_frames_for: Callable[[int], list[int]] | None = None
-                        ) -> TargetChoice:
+                        reference_frames_for: Callable[[int], list[int]] | None = None,
+                        frame_tokens: FrameTokenCache | None = None) -> TargetChoice:
     """Ask ``query`` on every candidate frame (``batch_size`` sessions per engine run) and keep
     the best-scoring one (the earliest on ties). ``reference_frames_for(candidate)``: the
-    frames the LLM sees beside that candidate (none when not given). ``timer`` adds up frame
-    reading, the decoder's image encoding, the LLM and mask decoding."""
+    frames the LLM sees beside that candidate (none when not given), their tokens from
+    ``frame_tokens`` (default: a cache for this pass holding ``frames.cache_frames`` frames).
+    ``timer`` adds up frame reading, the reference frames' and the decoder's image encoding,
+    the LLM and mask decoding."""
     if not candidates:
         raise ValueError("no candidate frames to choose the target from")
     if batch_size < 1:
@@ -72,13 +75,15 @@ def choose_target_frame(pipeline, frames, query: str, *, candidates: list[int],
     best: tuple[float, int, Reply, list[torch.Tensor]] | None = None
     scores: list[float] = []
     references = {i: reference_frames_for(i) if reference_frames_for else [] for i in candidates}
+    if frame_tokens is None:
+        frame_tokens = FrameTokenCache(pipeline, frames, capacity=frames.cache_frames, timer=timer)
     for start in range(0, len(candidates), batch_size):
         chunk = candidates[start:start + batch_size]
         with timer.stage("frame reading"):
             images = [frames.frame(i) for i in chunk]
-            around = [[frames.frame(j) for j in references[i]] for i in chunk]
+        around = frame_tokens.tokens_for([references[i] for i in chunk])
         with timer.stage("decoder image encoding"):
-            sessions = [pipeline.start(image, orientation="stored", reference_frames=refs)
+            sessions = [pipeline.start(image, orientation="stored", reference_frame_tokens=refs)
                         for image, refs in zip(images, around, strict=True)]
         with timer.stage("llm"):
             jobs = [s.prepare(query, ref_masks=None, answer=None, generation=generation)

@@ -183,11 +183,14 @@ def test_bad_predictions_are_named_and_exit_2(tmp_path, capsys, task, preds, wor
     assert words in capsys.readouterr().err
 
 
-def test_unified_tasks_take_a_predictions_file_not_a_model_yet(tmp_path, capsys):
+def test_unified_tasks_take_a_predictions_file_or_a_decoder_model(tmp_path, capsys):
     write_jsonl(tmp_path / "gt.jsonl", panoptic_gt())
+    assert cli.main(["eval", "instance", "--data", str(tmp_path / "gt.jsonl"), "--output", str(tmp_path / "out")]) == 2
+    assert "scores one --predictions file" in capsys.readouterr().err
+    # a folder without querymeld.json is no decoder model (tests/eval/test_unified_inference.py runs one)
     assert cli.main(["eval", "instance", "--data", str(tmp_path / "gt.jsonl"), "--model", str(tmp_path),
                      "--output", str(tmp_path / "out")]) == 2
-    assert "scores one --predictions file" in capsys.readouterr().err
+    assert "no querymeld.json" in capsys.readouterr().err
 
 
 def test_referring_needs_one_prediction_per_expression_in_order(tmp_path):
@@ -205,7 +208,7 @@ class Oracle:
     def __init__(self, gt):
         self.masks = {a["text"]: a["rle"] for r in gt for a in r["annotations"]}
 
-    def predict(self, image, texts, task):
+    def predict(self, image, texts, task, *, stuff=frozenset()):
         assert image.shape == (H, W, 3)
         return [{"text": t, "rle": self.masks[t], "score": 1.0} for t in texts if t in self.masks]
 

@@ -151,7 +151,20 @@ def test_token_dropout_is_per_token_without_rescaling_and_scaled_at_inference():
     assert torch.equal(crop, torch.full((3, 8), 0.5))
     torch.testing.assert_close(box, 0.5 * encoder.box_proj(boxes[:3]))
     with pytest.raises(ValueError, match="token_dropout"):
-        MaskEncoder(hidden=8, token_dropout=1.0)
+        MaskEncoder(hidden=8, token_dropout=1.5)
+
+
+def test_token_dropout_one_zeroes_the_tokens_for_the_retrained_ablation():
+    encoder = MaskEncoder(hidden=8, token_dropout=1.0, inference_scale=0.0)
+    crops, boxes = torch.zeros(5, 3, 4, 4), torch.rand(5, 4)
+
+    def encode_cls(pixels):
+        return torch.ones(pixels.shape[0], 8, requires_grad=True)
+
+    for mode in (encoder.train(), encoder.eval()):
+        crop, box = mode(crops, boxes, encode_cls)
+        assert crop.shape == box.shape == (5, 8)
+        assert not crop.any() and not box.any()
 
 
 def test_presets_say_which_semantics_they_use():

@@ -46,10 +46,11 @@ def test_tiny_meld_decoder_raises_mask_ap_on_synthetic_multitask_scenes(tmp_path
     losses = fit_with_frozen_backbone(decoder, text_encoder, train, steps=STEPS, lr=LR)
     end = evaluate(decoder, text_encoder, held_out)
     assert sum(losses[-40:]) < 0.8 * sum(losses[:40])
-    # measured here: mask AP 0.0 -> 3.5 (AP50 0.0 -> 7.4) points, loss -33 % (16 x 16 mask
-    # logits after 240 steps of one scene each; the bench trains longer)
-    assert start["mask_ap"] < 0.005 and end["mask_ap"] > 0.02, (start, end)
-    assert end["mask_ap50"] > 0.05, end
+    # measured here: mask AP 0.9 -> 9.4 points (AP50 2.4 -> 19.8), loss -33 % (16 x 16
+    # mask logits after 240 steps of one scene each; the bench trains longer). AP scores every
+    # (query, text) pair (MaskDINO's inference), so random masks already hit a band or two.
+    assert start["mask_ap"] < 0.015 and end["mask_ap"] > 4 * start["mask_ap"] + 0.02, (start, end)
+    assert end["mask_ap50"] > 0.12, end
     # the statistic covers every held-out object with an isthing flag, things and stuff
     assert end["query_type/num_things"] > 0 and end["query_type/num_stuff"] > 0
     for sort in ("things", "stuff"):

@@ -174,15 +174,26 @@ class QueryMeldDecoder(HIPIEDecoder):
 
     def instances(self, outputs: MeldOutputs, input_size: tuple[int, int],
                   original_size: tuple[int, int], *, top_k: int = 100) -> list[Instance]:
-        """The ``top_k`` best-scoring queries of one image's ``decode_texts`` outputs: each
-        query's class is its best text, its score that text's probability, its mask the
-        query's mask at the original size (logit above ``mask_threshold``)."""
+        """MaskDINO's instance inference on one image's ``decode_texts`` outputs: the ``top_k``
+        best (query, text) pairs over every query and text, so one query may answer several
+        texts (taking only each query's best text hands a good mask a wrong class: on the
+        synthetic scenes most stuff masks were right and their best text another stuff's,
+        which sank the meld's AP), each scored by the text's probability times the query's
+        mask score (the mean mask probability inside its mask, Mask2Former's); best first,
+        masks at the original size (logit above ``mask_threshold``)."""
         final = outputs.final
         probs = final.logits[0].detach().float().sigmoid()  # [Q, K]
-        scores, labels = probs.max(dim=1)
-        keep = scores.topk(min(top_k, scores.numel())).indices
-        masks = self.to_original_size(final.masks[0, keep].detach(), input_size, original_size)
+        values, flat = probs.flatten().topk(min(top_k, probs.numel()))
+        queries, texts = flat // probs.shape[1], flat % probs.shape[1]
+        unique, where = queries.unique(return_inverse=True)  # each query's mask upsampled once
+        logits = self.to_original_size(final.masks[0, unique].detach().float(), input_size,
+                                       original_size)
+        masks = logits > self.mask_threshold
+        mask_scores = ((logits.sigmoid() * masks).flatten(1).sum(1)
+                       / masks.flatten(1).sum(1).clamp(min=1))
         kinds = outputs.query_kinds.cpu()
-        return [Instance(mask=masks[j] > self.mask_threshold, text_index=int(labels[q]),
-                         score=float(scores[q]), query_kind=int(kinds[q]))
-                for j, q in enumerate(keep.tolist())]
+        found = [Instance(mask=masks[j].cpu(), text_index=t, score=v * float(mask_scores[j]),
+                          query_kind=int(kinds[q]))
+                 for q, t, v, j in zip(queries.tolist(), texts.tolist(), values.tolist(),
+                                       where.tolist(), strict=True)]
+        return sorted(found, key=lambda inst: -inst.score)
