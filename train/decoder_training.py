@@ -11,7 +11,7 @@ image, deep supervision; ``QueryMeldDecoder.text_loss``). One process, plain tor
 steps); no DeepSpeed, checkpoints or resume: runs are short and the outputs are written once.
 
 Evaluation on a held-out unified file (``evaluation.path``): mask AP (pycocotools, through
-``segllm.eval.segmentation_metrics.coco_ap``) of the top-scoring queries of each closed-set
+``segllm.eval.segmentation_metrics.coco_ap``) of the top-scoring (query, text) pairs of each closed-set
 image, and the query-type statistic (``query/meld.py``: the share of thing objects predicted
 by conditional queries and of stuff objects by learnable ones; objects without ``isthing``
 are left out of it).
@@ -242,7 +242,8 @@ def train_step(decoder: QueryMeldDecoder, text_encoder: torch.nn.Module,
 @torch.no_grad()
 def evaluate(decoder: QueryMeldDecoder, text_encoder: torch.nn.Module,
              examples: list[UnifiedExample], top_k: int = 100) -> dict[str, Any]:
-    """Mask AP of the ``top_k`` best queries per image, and the query-type statistic."""
+    """Mask AP of the ``top_k`` best (query, text) pairs per image
+    (``QueryMeldDecoder.instances``), and the query-type statistic."""
     from segllm.eval.segmentation_metrics import coco_ap
 
     was_training = decoder.training
