@@ -229,16 +229,10 @@ def top_pairs(probs: torch.Tensor, top_k: int) -> list[tuple[int, int, float]]:
 
 def instance_annotations(decoder, decoded: Decoded, texts: list[str],
                          settings: InferenceSettings) -> list[dict]:
-    pairs = top_pairs(decoded.probs, settings.top_k)
-    wanted = sorted({q for q, _, _ in pairs})
-    found: dict[int, tuple[torch.Tensor, float]] = {}
-    for part, probs, masks in mask_probabilities(decoder, decoded, wanted, settings.mask_chunk):
-        for j, q in enumerate(part):
-            area = masks[j].sum()
-            if area > 0:  # mask score: the mean probability inside the mask
-                found[q] = (masks[j], float((probs[j] * masks[j]).sum() / area))
-    return [annotation(texts[t], p * found[q][1], found[q][0])
-            for q, t, p in pairs if q in found]
+    """The decoder's own instance inference (``QueryMeldDecoder.scored_pairs``)."""
+    return [annotation(texts[t], score, mask) for _, t, score, mask in decoder.scored_pairs(
+        decoded.probs, decoded.mask_logits, decoded.input_size, decoded.original_size,
+        top_k=settings.top_k, chunk=settings.mask_chunk)]
 
 
 def detection_annotations(decoded: Decoded, texts: list[str],

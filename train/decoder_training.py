@@ -8,7 +8,9 @@ encoder (``segllm/modeling/decoders/query/text.py``), runs the meld decoder per 
 texts as classes and trains on the set loss (Hungarian matching over all queries of each
 image, deep supervision; ``QueryMeldDecoder.text_loss``). One process, plain torch AdamW
 (``train/optim.py``, whose ``schedule: step`` is the paper's decay at 0.9 and 0.95 of the
-steps); no DeepSpeed, checkpoints or resume: runs are short and the outputs are written once.
+steps); no DeepSpeed. ``checkpoint.every`` writes exactly resumable checkpoints
+(``train/decoder_checkpoint.py``); ``segllm train --config ... --resume [PATH]`` continues from
+the newest one (or PATH) as if the run had never stopped.
 
 Evaluation on a held-out unified file (``evaluation.path``): mask AP (pycocotools, through
 ``segllm.eval.segmentation_metrics.coco_ap``) of the top-scoring (query, text) pairs of each closed-set
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +51,20 @@ from segllm.typed_config import ConfigError, KeyPath, build_checked
 
 from .args import DataArgs, LoggingArgs, OptimArgs, TrainConfigError, apply_override
 from .args import check_optimizer_values as check_optim
+from .checkpoint import PREFIX, TMP_PREFIX
+from .decoder_checkpoint import (
+    DecoderCheckpointArgs,
+    load_decoder_checkpoint,
+    resolve_resume,
+    save_decoder_checkpoint,
+)
 from .optim import build_optimizer, build_scheduler
 from .tracking import MetricsTracker
 from .trainer import seed_everything
 from .unified_data import MixedUnified, UnifiedExample, evaluation_examples
 
 OUTPUTS = ("decoder.safetensors", "text_encoder.safetensors", "querymeld.json", "metrics.jsonl")
+"""The run's outputs; with its checkpoint folders, what ``--overwrite`` may remove."""
 
 
 @dataclass
@@ -90,6 +101,7 @@ class DecoderTrainConfig:
     evaluation: DecoderEvalArgs = field(default_factory=DecoderEvalArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     logging: LoggingArgs = field(default_factory=LoggingArgs)
+    checkpoint: DecoderCheckpointArgs = field(default_factory=DecoderCheckpointArgs)
     source_file: str | None = None
 
 
@@ -134,6 +146,10 @@ def decoder_config_from_dict(data: dict[str, Any], where: str = "config") -> Dec
     for name in ("max_steps", "batch_size"):
         if getattr(config, name) < 1:
             raise TrainConfigError(f"{where}: {name} must be >= 1, got {getattr(config, name)}")
+    for name in ("every", "keep"):
+        if getattr(config.checkpoint, name) < 0:
+            raise TrainConfigError(f"{where}: checkpoint.{name} must be >= 0, got "
+                                   f"{getattr(config.checkpoint, name)}")
     if not config.data.sources:
         raise TrainConfigError(f"{where}: data.sources is empty")
     if config.decoder.preset not in PRESETS:
@@ -158,9 +174,13 @@ def check_decoder_paths(config: DecoderTrainConfig) -> None:
             raise TrainConfigError(f"{where}: {key}: {value} does not exist")
 
 
+def is_own_output(name: str) -> bool:
+    return name in OUTPUTS or name.startswith((PREFIX, TMP_PREFIX + PREFIX))
+
+
 def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     """A fresh run needs an absent or empty folder; ``overwrite`` removes this trainer's own
-    outputs (and refuses a folder holding anything else)."""
+    outputs and checkpoints (and refuses a folder holding anything else)."""
     if not output_dir.exists():
         output_dir.mkdir(parents=True)
         return
@@ -169,13 +189,18 @@ def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise ValueError(f"output_dir {output_dir} holds an earlier run ({', '.join(entries[:4])}"
-                         "); pass --overwrite to replace it, or choose another folder")
-    foreign = [e for e in entries if e not in OUTPUTS]
+                         "); pass --resume to continue it, --overwrite to replace it, or choose "
+                         "another folder")
+    foreign = [e for e in entries if not is_own_output(e)]
     if foreign:
         raise ValueError(f"output_dir {output_dir} holds {', '.join(foreign[:4])}, which decoder "
                          "training does not write; --overwrite removes only its own outputs")
     for name in entries:
-        (output_dir / name).unlink()
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def build_parts(config: DecoderTrainConfig) -> tuple[QueryMeldDecoder, torch.nn.Module]:
@@ -319,11 +344,22 @@ def write_outputs(output_dir: Path, decoder: QueryMeldDecoder, text_encoder: tor
 
 
 def train_decoder(config: DecoderTrainConfig, *, overwrite: bool = False,
-                  log: bool = True) -> DecoderTrainResult:
-    """Run the decoder training ``config`` describes (see the module docstring)."""
+                  resume: str | None = None, log: bool = True) -> DecoderTrainResult:
+    """Run the decoder training ``config`` describes (see the module docstring); ``resume``:
+    ``"latest"`` or a checkpoint path, as ``segllm train --resume``."""
     check_decoder_paths(config)
     output_dir = Path(config.output_dir)
-    prepare_output_dir(output_dir, overwrite)
+    if resume is not None and overwrite:
+        raise ValueError("--resume continues the run in output_dir and --overwrite replaces it: "
+                         "give one of them")
+    resume_from = resolve_resume(resume, output_dir)
+    if resume_from is None:
+        if resume is not None and output_dir.is_dir() and any(output_dir.iterdir()):
+            raise ValueError(f"output_dir {output_dir} holds no checkpoint to resume from; "
+                             "pass --overwrite to start afresh")
+        prepare_output_dir(output_dir, overwrite)  # "latest" in an empty folder: a fresh run
+    elif resume_from.parent.resolve() != output_dir.resolve():
+        prepare_output_dir(output_dir, overwrite=False)  # continued elsewhere: a fresh folder
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -341,10 +377,21 @@ def train_decoder(config: DecoderTrainConfig, *, overwrite: bool = False,
     optimizer = build_optimizer(module, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.max_steps)
     trained = [p for p in module.parameters() if p.requires_grad]
-    tracker = MetricsTracker(output_dir, enabled=True, tensorboard=config.logging.tensorboard)
-    losses, last_eval = [], {}
-    every = config.evaluation.every
-    for step in range(config.max_steps):
+    saved = {"decoder": decoder, **({"text": text_encoder} if any(
+        p.requires_grad for p in text_encoder.parameters()) else {})}
+    first_step, last_eval = 0, {}
+    if resume_from is not None:
+        state = load_decoder_checkpoint(resume_from, modules=saved, optimizer=optimizer,
+                                        scheduler=scheduler, config=config)
+        first_step, last_eval = state["step"], state.get("last_eval") or {}
+        if first_step >= config.max_steps:
+            raise ValueError(f"checkpoint {resume_from} is at step {first_step}; raise max_steps "
+                             f"(now {config.max_steps}) to train on")
+    tracker = MetricsTracker(output_dir, enabled=True, tensorboard=config.logging.tensorboard,
+                             resume_step=first_step if resume_from is not None else None)
+    losses = []
+    every, checkpoint_every = config.evaluation.every, config.checkpoint.every
+    for step in range(first_step, config.max_steps):
         started = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
         stats = train_step(decoder, text_encoder, data.batch(step, config.batch_size),
@@ -361,6 +408,10 @@ def train_decoder(config: DecoderTrainConfig, *, overwrite: bool = False,
             if log and config.logging.progress:
                 shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
                 print(f"step {step + 1}/{config.max_steps} {shown}", flush=True)
+        if checkpoint_every and (done or (step + 1) % checkpoint_every == 0):
+            save_decoder_checkpoint(output_dir, step + 1, modules=saved, optimizer=optimizer,
+                                    scheduler=scheduler, config=config, last_eval=last_eval,
+                                    keep=config.checkpoint.keep)
     tracker.close()
     write_outputs(output_dir, decoder, text_encoder, config, data, last_eval)
     return DecoderTrainResult(output_dir=output_dir, losses=losses, metrics=last_eval,
@@ -370,11 +421,8 @@ def train_decoder(config: DecoderTrainConfig, *, overwrite: bool = False,
 def run_decoder_recipe(path: str, overrides: list[str], *, resume: str | None,
                        overwrite: bool) -> DecoderTrainResult:
     """``segllm train`` for a ``kind: decoder`` recipe."""
-    if resume is not None:
-        raise ValueError("decoder training (kind: decoder) has no checkpoints to resume; "
-                         "start afresh (--overwrite) instead of --resume")
     config = load_decoder_config(path, overrides)
-    return train_decoder(config, overwrite=overwrite)
+    return train_decoder(config, overwrite=overwrite, resume=resume)
 
 
 __all__ = ["DecoderTrainConfig", "evaluate", "fit_with_frozen_backbone", "is_decoder_recipe",

@@ -75,10 +75,11 @@ def _as_json(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
-def defining_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a ``TrainConfig.to_dict()``) without :data:`RESUMABLE_FIELDS`."""
+def defining_config(config: dict[str, Any],
+                    resumable: tuple[str, ...] = RESUMABLE_FIELDS) -> dict[str, Any]:
+    """``config`` (a ``TrainConfig.to_dict()``) without the ``resumable`` fields."""
     kept = copy.deepcopy(config)
-    for dotted in RESUMABLE_FIELDS:
+    for dotted in resumable:
         *parents, leaf = dotted.split(".")
         node = kept
         for part in parents:

@@ -187,6 +187,60 @@ def test_a_missing_image_is_named_before_step_one(multitask_dir, tmp_path, capsy
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
-def test_resume_is_refused_for_decoder_recipes(multitask_dir, tmp_path, capsys):
-    assert train_main([*recipe_args(multitask_dir, tmp_path / "r"), "--resume"]) == 2
-    assert "no checkpoints to resume" in capsys.readouterr().err
+def test_a_run_stopped_mid_way_resumes_exactly(multitask_dir, tmp_path, monkeypatch):
+    """Four steps straight, against two steps, a crash in step three and a resume: the same
+    weights, the same metrics, and the crash loses nothing that was checkpointed."""
+    from safetensors.torch import load_file
+
+    import segllm.train.decoder_training as decoder_training
+
+    every = ["max_steps=4", "checkpoint.every=2", "evaluation.every=2"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert train_main(recipe_args(multitask_dir, straight, *every)) == 0
+    real_step, calls = decoder_training.train_step, []
+
+    def crash_in_step_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(decoder_training, "train_step", crash_in_step_three)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_main(recipe_args(multitask_dir, stopped, *every))
+    assert sorted(p.name for p in stopped.glob("checkpoint-*")) == ["checkpoint-0000002"]
+    monkeypatch.setattr(decoder_training, "train_step", real_step)
+    assert train_main([*recipe_args(multitask_dir, stopped, *every), "--resume"]) == 0
+    a = load_file(str(straight / "decoder.safetensors"))
+    b = load_file(str(stopped / "decoder.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("images_per_s",)
+    lines = [[{k: v for k, v in m.items() if k not in drop}
+              for m in read_metrics(run / "metrics.jsonl")] for run in (straight, stopped)]
+    assert lines[0] == lines[1] and [m["step"] for m in lines[1]] == [1, 2, 3, 4]
+    # --overwrite removes the checkpoints with the rest of the run
+    assert train_main([*recipe_args(multitask_dir, stopped, *every), "--overwrite"]) == 0
+    assert sorted(p.name for p in stopped.glob("checkpoint-*")) == ["checkpoint-0000002",
+                                                                    "checkpoint-0000004"]
+
+
+def test_a_resume_of_another_run_or_of_nothing_fails_in_one_line(multitask_dir, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "r"
+    assert train_main(recipe_args(multitask_dir, out, "checkpoint.every=3")) == 0
+    capsys.readouterr()
+    cases = [
+        (["optim.lr=0.5", "max_steps=5", "--resume"], "optim.lr (0.001 then, 0.5 now)"),
+        (["--resume", "--overwrite"], "give one of them"),
+        (["--resume"], "at step 3; raise max_steps"),
+    ]
+    for extra, message in cases:
+        assert train_main([*recipe_args(multitask_dir, out, "checkpoint.every=3"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    plain = tmp_path / "plain"  # a finished run without checkpoints is not restarted silently
+    assert train_main(recipe_args(multitask_dir, plain, "checkpoint.every=0")) == 0
+    capsys.readouterr()
+    assert train_main([*recipe_args(multitask_dir, plain, "checkpoint.every=0"), "--resume"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert (plain / "decoder.safetensors").is_file()

@@ -173,27 +173,43 @@ class QueryMeldDecoder(HIPIEDecoder):
         return total, parts
 
     def instances(self, outputs: MeldOutputs, input_size: tuple[int, int],
-                  original_size: tuple[int, int], *, top_k: int = 100) -> list[Instance]:
-        """MaskDINO's instance inference on one image's ``decode_texts`` outputs: the ``top_k``
-        best (query, text) pairs over every query and text, so one query may answer several
-        texts (taking only each query's best text hands a good mask a wrong class: on the
-        synthetic scenes most stuff masks were right and their best text another stuff's,
-        which sank the meld's AP), each scored by the text's probability times the query's
-        mask score (the mean mask probability inside its mask, Mask2Former's); best first,
-        masks at the original size (logit above ``mask_threshold``)."""
+                  original_size: tuple[int, int], *, top_k: int = 100,
+                  chunk: int = 16) -> list[Instance]:
+        """MaskDINO's instance inference on one image's ``decode_texts`` outputs
+        (:meth:`scored_pairs` on its last layer), with each query's kind."""
         final = outputs.final
-        probs = final.logits[0].detach().float().sigmoid()  # [Q, K]
+        kinds = outputs.query_kinds.cpu()
+        return [Instance(mask=mask, text_index=text, score=score, query_kind=int(kinds[query]))
+                for query, text, score, mask in self.scored_pairs(
+                    final.logits[0].detach().float().sigmoid(), final.masks[0].detach().float(),
+                    input_size, original_size, top_k=top_k, chunk=chunk)]
+
+    def scored_pairs(self, probs: torch.Tensor, mask_logits: torch.Tensor,
+                     input_size: tuple[int, int], original_size: tuple[int, int], *,
+                     top_k: int = 100, chunk: int = 16
+                     ) -> list[tuple[int, int, float, torch.Tensor]]:
+        """The ``top_k`` best (query, text) pairs of class probabilities ``probs`` [Q, K] over
+        every query and text, as (query, text, score, mask at the original size), best first.
+        One query may answer several texts: taking only each query's best text hands a good
+        mask a wrong class (on the synthetic scenes most stuff masks were right and their best
+        text another stuff's, which sank the meld's AP). A pair's score is the text's
+        probability times the query's mask score, the mean mask probability inside its mask
+        (logit above ``mask_threshold``; Mask2Former's); pairs with an empty mask are left out.
+        Masks are upsampled ``chunk`` queries at a time, each query once."""
         values, flat = probs.flatten().topk(min(top_k, probs.numel()))
         queries, texts = flat // probs.shape[1], flat % probs.shape[1]
-        unique, where = queries.unique(return_inverse=True)  # each query's mask upsampled once
-        logits = self.to_original_size(final.masks[0, unique].detach().float(), input_size,
-                                       original_size)
-        masks = logits > self.mask_threshold
-        mask_scores = ((logits.sigmoid() * masks).flatten(1).sum(1)
-                       / masks.flatten(1).sum(1).clamp(min=1))
-        kinds = outputs.query_kinds.cpu()
-        found = [Instance(mask=masks[j].cpu(), text_index=t, score=v * float(mask_scores[j]),
-                          query_kind=int(kinds[q]))
-                 for q, t, v, j in zip(queries.tolist(), texts.tolist(), values.tolist(),
-                                       where.tolist(), strict=True)]
-        return sorted(found, key=lambda inst: -inst.score)
+        wanted = sorted(set(queries.tolist()))
+        found: dict[int, tuple[torch.Tensor, float]] = {}
+        for start in range(0, len(wanted), chunk):
+            part = wanted[start:start + chunk]
+            logits = self.to_original_size(mask_logits[part], input_size, original_size)
+            masks = logits > self.mask_threshold
+            areas = masks.flatten(1).sum(1)
+            inside = (logits.sigmoid() * masks).flatten(1).sum(1)
+            for j, query in enumerate(part):
+                if areas[j] > 0:
+                    found[query] = (masks[j].cpu(), float(inside[j] / areas[j]))
+        pairs = [(q, t, v * found[q][1], found[q][0])
+                 for q, t, v in zip(queries.tolist(), texts.tolist(), values.tolist(), strict=True)
+                 if q in found]
+        return sorted(pairs, key=lambda pair: -pair[2])
