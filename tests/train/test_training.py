@@ -43,6 +43,33 @@ def test_mask_loss_falls_by_half_in_50_steps(trained_run):
     assert 0.0 <= validation[-1]["val/ciou_round_0"] <= 1.0
 
 
+def test_validation_reports_round_types_and_runs_on_a_saved_model(trained_run, synthetic_dir,
+                                                                   tmp_path, capsys):
+    """Teacher-forced cIoU per round type, in training and for a saved model (the figures a
+    retrained ablation of a mask path reads, apart from naming)."""
+    import json
+
+    from segllm.records import read_jsonl
+    from segllm.train.validation import main as validation_main
+
+    last = [m for m in read_metrics(trained_run.output_dir / "metrics.jsonl")
+            if "val/ciou" in m][-1]
+    types = {r["type"] for rec in list(read_jsonl(synthetic_dir / "synthetic.jsonl"))[:4]
+             for r in rec["rounds"] if r["targets"]}
+    assert {k for k in last if k.startswith("val/ciou_type_")} == {f"val/ciou_type_{t}"
+                                                                   for t in types}
+    out = tmp_path / "tf.json"
+    assert validation_main(["--model", str(trained_run.export_dir), "--data",
+                            str(synthetic_dir / "synthetic.jsonl"), "--limit", "4",
+                            "--output", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["conversations"] == 4
+    for key, value in last.items():  # the exported model scores what the trained one did
+        if key.startswith("val/"):
+            assert saved[key] == pytest.approx(value, abs=1e-6), key
+    assert json.loads(capsys.readouterr().out) == saved
+
+
 def test_checkpoints_are_complete_and_hold_only_trainable_weights(trained_run):
     found = list_checkpoints(trained_run.output_dir)
     assert [p.name for p in found] == ["checkpoint-0000025", "checkpoint-0000050"]
