@@ -114,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-answers", action="store_true",
                         help="synthetic: answer 'Sure, [SEG].' instead of naming each target "
                              "before its [SEG] ('It is the red circle [SEG].')")
+    parser.add_argument("--no-places", action="store_true",
+                        help="synthetic: name targets and caption phrases without their grid "
+                             "cell ('the red circle', not 'the red circle at the top left'), as "
+                             "data before the places were added")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--allow-empty", action="store_true",
                         help="write the output even when no record is usable (otherwise an error, "
@@ -234,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                                     min_rounds=args.min_rounds, max_rounds=args.rounds or 8,
                                     gcg=not args.no_gcg, progress=not args.no_progress,
                                     workers=args.workers, describe=not args.plain_answers,
-                                    allow_empty=args.allow_empty)
+                                    allow_empty=args.allow_empty, places=not args.no_places)
             summary = stats.to_dict()
         elif args.source in ("syn-m", "syn-captions"):
             summary = _build_synthetic_annotations(args)

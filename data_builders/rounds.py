@@ -72,13 +72,16 @@ def described_answer(names: Sequence[str], rng: random.Random) -> str:
 
 def make_round(question: str, targets: Sequence[dict], kind: str, rng: random.Random,
                refs: Sequence[int] = (), missing: str = "such object",
-               describe: bool = False) -> dict:
+               describe: bool = False, names: Sequence[str] | None = None) -> dict:
     """One round in the record layout, refs sorted as the question's ``<ref:k>`` order allows.
 
-    ``describe``: name every target (its ``label``) before its ``[SEG]`` (:func:`described_answer`).
+    ``describe``: name every target before its ``[SEG]`` (:func:`described_answer`), by
+    ``names`` (one per target) when given, else by its ``label``.
     """
+    if names is not None and len(names) != len(targets):
+        raise ValueError(f"{len(names)} names for {len(targets)} targets")
     if describe and targets:
-        answer = described_answer([t["label"] for t in targets], rng)
+        answer = described_answer(names or [t["label"] for t in targets], rng)
     else:
         answer = answer_for(len(targets), rng, missing)
     return {

@@ -51,6 +51,11 @@ CORNERS = {"circle": 0, "triangle": 3, "square": 4, "ring": 4, "pentagon": 5, "h
 """Shape kinds and their corner counts (a ring is a square with a hole)."""
 KIND_NOUNS = {"ring": "square with a hole"}
 GRID = 3
+PLACES = (("at the top left", "at the top", "at the top right"),
+          ("on the left", "in the middle", "on the right"),
+          ("at the bottom left", "at the bottom", "at the bottom right"))
+"""The words for each cell of the grid, by row then column. A top-level shape lies wholly in
+its own cell, so its cell names it uniquely (a part shares its whole's cell)."""
 
 
 @dataclass
@@ -75,6 +80,12 @@ class Shape:
     @property
     def description(self) -> str:
         return f"{self.colour} {self.noun}"
+
+    def place(self, image_size: int) -> str:
+        """Where it is: the words of the grid cell holding its box centre ("at the top left")."""
+        cx, cy = self.as_obj().center
+        cell = image_size / GRID
+        return PLACES[min(GRID - 1, int(cy // cell))][min(GRID - 1, int(cx // cell))]
 
     @property
     def rle(self) -> dict:
@@ -218,10 +229,12 @@ REFERRING_QUESTIONS = ("Segment the {d}.", "Please segment the {d}.", "Where is 
 class _Conversation:
     """Rounds being built for one scene; each generator returns a round or ``None``."""
 
-    def __init__(self, scene: Scene, rng: random.Random, describe: bool = True):
+    def __init__(self, scene: Scene, rng: random.Random, describe: bool = True,
+                 places: bool = True):
         self.scene = scene
         self.rng = rng
         self.describe = describe
+        self.places = places
         self.rounds: list[dict] = []
         self.targets: list[list[int]] = []  # shape ids per round
         self.by_id = {s.id: s for s in scene.shapes}
@@ -244,9 +257,20 @@ class _Conversation:
             return None
         shapes = sorted(shapes, key=lambda s: (s.as_obj().center, s.id))
         return make_round(question, [s.as_target() for s in shapes], kind, self.rng, refs, missing,
-                          describe=self.describe), [
+                          describe=self.describe, names=[self._name(s) for s in shapes]), [
             s.id for s in shapes
         ]
+
+    def _name(self, shape: Shape) -> str:
+        """How an answer names a target: its colour and kind, then (``places``) its grid cell.
+
+        The cell gives the state that predicts ``[SEG]`` a key that picks one shape even when
+        the kind is misread, and puts earlier targets' places into the history that positional
+        rounds reason over.
+        """
+        if not self.places:
+            return shape.description
+        return f"{shape.description} {shape.place(self.scene.image.shape[0])}"
 
     # generators, one per round type
     def referring(self):
@@ -388,10 +412,11 @@ class _Conversation:
 
 
 def scene_to_conversation(scene: Scene, rng: random.Random, record_id: str, image_path: str,
-                          num_rounds: int, describe: bool = True) -> dict:
+                          num_rounds: int, describe: bool = True, places: bool = True) -> dict:
     """An MRSeg record of (up to) ``num_rounds`` rounds about a scene; ``describe``: answers
-    name each target before its ``[SEG]`` (see ``rounds.described_answer``)."""
-    conversation = _Conversation(scene, rng, describe)
+    name each target before its ``[SEG]`` (see ``rounds.described_answer``), with its grid
+    cell when ``places`` ("It is the red circle at the top left [SEG].")."""
+    conversation = _Conversation(scene, rng, describe, places)
     while len(conversation.rounds) < num_rounds and conversation.add_round():
         pass
     size = scene.image.shape[0]
@@ -399,14 +424,17 @@ def scene_to_conversation(scene: Scene, rng: random.Random, record_id: str, imag
             "source": "synthetic", "split": "train", "rounds": conversation.rounds}
 
 
-def scene_to_gcg(scene: Scene, record_id: str, image_path: str) -> dict:
-    """A grounded caption naming each top-level shape (and its part) with spans and masks."""
+def scene_to_gcg(scene: Scene, record_id: str, image_path: str, places: bool = True) -> dict:
+    """A grounded caption naming each top-level shape (with its grid cell when ``places``)
+    and its part, with spans and masks."""
     pieces: list[tuple[str, Shape | None]] = []
     top = sorted(scene.top_level, key=lambda s: (s.as_obj().center[0], s.id))
     for i, s in enumerate(top):
         if i:
             pieces.append((", " if i < len(top) - 1 else " and ", None))
         text = f"{article(s.description)} {s.description}"
+        if places:
+            text += f" {s.place(scene.image.shape[0])}"
         pieces.append(((text[0].upper() + text[1:]) if i == 0 else text, s))
         if s.child is not None:
             part = scene.shapes[s.child]
@@ -432,7 +460,7 @@ def _scene_rng(seed: int, index: int) -> random.Random:
 
 def generate_conversations(
     num: int, seed: int, image_size: int = 64, min_rounds: int = 1, max_rounds: int = 8,
-    start: int = 0, describe: bool = True,
+    start: int = 0, describe: bool = True, places: bool = True,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield ``num`` (MRSeg record, ``(H, W, 3)`` uint8 image) pairs, deterministic in ``seed``.
 
@@ -442,12 +470,14 @@ def generate_conversations(
     if not 1 <= min_rounds <= max_rounds:
         raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}")
     for index in range(start, start + num):
-        record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe)
+        record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe,
+                                        places)
         yield record, scene.image
 
 
 def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int = 1,
-                    max_rounds: int = 8, describe: bool = True) -> tuple[dict, Scene]:
+                    max_rounds: int = 8, describe: bool = True,
+                    places: bool = True) -> tuple[dict, Scene]:
     """Record ``index`` of the set for ``seed``, with the :class:`Scene` it describes."""
     rng = _scene_rng(seed, index)
     # a scene that cannot give min_rounds rounds is redrawn (rare: tiny scenes)
@@ -455,18 +485,21 @@ def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int
         scene = generate_scene(rng, image_size)
         wanted = rng.randint(min_rounds, max_rounds)
         record = scene_to_conversation(scene, rng, f"synthetic-{seed}-{index:06d}",
-                                       f"images/{index:06d}.png", wanted, describe)
+                                       f"images/{index:06d}.png", wanted, describe, places)
         if len(record["rounds"]) >= min_rounds or attempt == 9:
             return record, scene
     raise AssertionError("unreachable")
 
 
-def generate_gcg(num: int, seed: int, image_size: int = 64, start: int = 0) -> Iterator[tuple[dict, np.ndarray]]:
+def generate_gcg(num: int, seed: int, image_size: int = 64, start: int = 0,
+                 places: bool = True) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield ``num`` (GCG record, image) pairs for the same scenes as :func:`generate_conversations`
     with the default round limits."""
     for index in range(start, start + num):
         _, scene = conversation_at(seed, index, image_size, 1, 8)
-        yield scene_to_gcg(scene, f"synthetic-gcg-{seed}-{index:06d}", f"images/{index:06d}.png"), scene.image
+        record = scene_to_gcg(scene, f"synthetic-gcg-{seed}-{index:06d}", f"images/{index:06d}.png",
+                              places)
+        yield record, scene.image
 
 
 def _render_one(job: tuple) -> tuple[dict, dict | None]:
@@ -476,13 +509,15 @@ def _render_one(job: tuple) -> tuple[dict, dict | None]:
     """
     from PIL import Image
 
-    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg, describe = job
-    record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe)
+    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg, describe, places = job
+    record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe,
+                                    places)
     validate_conversation(record)  # a generator bug must fail loudly, not be skipped
     Image.fromarray(scene.image).save(os.path.join(output_dir, record["image"]), compress_level=1)
     gcg_record = None
     if gcg:
-        gcg_record = validate_gcg(scene_to_gcg(scene, f"synthetic-gcg-{seed}-{index:06d}", record["image"]))
+        gcg_record = validate_gcg(scene_to_gcg(scene, f"synthetic-gcg-{seed}-{index:06d}",
+                                               record["image"], places))
     return record, gcg_record
 
 
@@ -494,7 +529,7 @@ replaced."""
 def write_synthetic(
     output_dir: str | os.PathLike, num: int, seed: int, image_size: int = 64, min_rounds: int = 1,
     max_rounds: int = 8, gcg: bool = True, progress: bool = False, workers: int = 1,
-    describe: bool = True, allow_empty: bool = False,
+    describe: bool = True, allow_empty: bool = False, places: bool = True,
 ) -> BuildStats:
     """Write ``images/*.png``, ``synthetic.jsonl`` (MRSeg), ``synthetic_gcg.jsonl`` (GCG, when
     ``gcg``) and ``synthetic.summary.json`` under ``output_dir``; return the counters.
@@ -513,7 +548,7 @@ def write_synthetic(
     check_replaceable(output_dir, SYNTHETIC_OUTPUTS, "a synthetic build")
     with atomic_directory(output_dir) as build_dir:
         _render_all(os.fspath(build_dir), stats, num, seed, image_size, min_rounds, max_rounds,
-                    gcg, progress, workers, describe)
+                    gcg, progress, workers, describe, places)
         require_records(stats, output_dir, allow_empty)
         write_json(os.path.join(build_dir, "synthetic.summary.json"), stats.to_dict())
     return stats
@@ -521,10 +556,10 @@ def write_synthetic(
 
 def _render_all(build_dir: str, stats: BuildStats, num: int, seed: int, image_size: int,
                 min_rounds: int, max_rounds: int, gcg: bool, progress: bool, workers: int,
-                describe: bool) -> None:
+                describe: bool, places: bool) -> None:
     """Render every scene into ``build_dir/images`` and write the JSONL files there."""
     os.makedirs(os.path.join(build_dir, "images"))
-    jobs = ((build_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe)
+    jobs = ((build_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe, places)
             for i in range(num))
     pool = None
     if workers > 1:

@@ -7,7 +7,10 @@ answer contains the target's label as whole words, not only inside a longer labe
 data set (so "blue square" does not count for "blue square with a hole"), and the round was
 answered with a mask (a refusal such as "I cannot find a red circle in this image." writes the
 label but names nothing). Per round type it reports how often the answer named the
-target, and the mean IoU of the mask when it did and when it did not.
+target, and the mean IoU of the mask when it did and when it did not. Where the reference
+answer names its target in more words than the label (the synthetic scenes' grid cell: "the
+red circle at the top left [SEG]"), it also reports how often the answer's words before its
+first ``[SEG]`` are the reference's (``named_as_reference``: label and place both right).
 
     python -m segllm.eval.naming PREDICTIONS.jsonl DATA.jsonl [--output naming.json]
 """
@@ -42,6 +45,18 @@ def names_label(text: str, label: str, other_labels: set[str]) -> bool:
     return re.search(rf"\b{re.escape(label.lower())}\b", lowered) is not None
 
 
+def naming_words(answer: str) -> str | None:
+    """The words naming the first ``[SEG]``'s target: from the last "the" before it
+    ("Sure, it is the red circle at the top left [SEG]." -> "red circle at the top left")."""
+    head = answer.split("[SEG]")[0] if "[SEG]" in answer else None
+    if head is None:
+        return None
+    words = head.lower().replace(",", " ").split()
+    starts = [i for i, w in enumerate(words) if w == "the" and i + 1 < len(words)
+              and words[i + 1] not in ("top", "bottom", "left", "right", "middle")]
+    return " ".join(words[starts[-1] + 1:] if starts else words)
+
+
 def _iou(pred: dict | None, target: dict) -> float:
     truth = rle_ops.decode_rle(target["rle"]).astype(bool)
     if pred is None:
@@ -61,6 +76,7 @@ def naming_report(predictions: list[dict], data: list[dict]) -> dict:
     labels = {t.get("label", "").lower() for record in data for r in record["rounds"]
               for t in r["targets"]} - {""}
     rows: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    as_reference: dict[str, list[bool]] = defaultdict(list)
     for record in data:
         pred = by_id.get(record["id"])
         if pred is None:
@@ -75,8 +91,12 @@ def naming_report(predictions: list[dict], data: list[dict]) -> dict:
             target = rnd["targets"][0]
             masks = answer.get("masks") or []
             named = bool(masks) and names_label(answer.get("text", ""), target["label"], labels)
-            rows[rnd.get("type", "unknown")].append((named, _iou(masks[0] if masks else None,
-                                                                 target)))
+            kind = rnd.get("type", "unknown")
+            rows[kind].append((named, _iou(masks[0] if masks else None, target)))
+            reference = naming_words(rnd.get("answer") or "")
+            if reference and reference != target["label"].lower():
+                as_reference[kind].append(bool(masks) and
+                                          naming_words(answer.get("text", "")) == reference)
     report = {}
     for kind, values in sorted(rows.items()):
         named = [iou for ok, iou in values if ok]
@@ -84,10 +104,15 @@ def naming_report(predictions: list[dict], data: list[dict]) -> dict:
         report[kind] = {"rounds": len(values), "named_right": len(named) / len(values),
                         "mean_iou_named_right": float(np.mean(named)) if named else None,
                         "mean_iou_named_wrong": float(np.mean(missed)) if missed else None}
+        if as_reference[kind]:
+            report[kind]["named_as_reference"] = float(np.mean(as_reference[kind]))
     every = [v for values in rows.values() for v in values]
     if every:
         report["all"] = {"rounds": len(every),
                          "named_right": sum(ok for ok, _ in every) / len(every)}
+        matched = [ok for values in as_reference.values() for ok in values]
+        if matched:
+            report["all"]["named_as_reference"] = float(np.mean(matched))
     return report
 
 

@@ -149,22 +149,28 @@ def check_engine_files(folder: Path) -> None:
     """Read every DeepSpeed file under ``folder`` with ``weights_only=True`` (memory-mapped,
     so tensors are not loaded) before DeepSpeed unpickles them in full; refuse one that names
     a class or function outside the allowed data classes."""
-    allowed = _deepspeed_safe_globals()
     for path in sorted(folder.rglob("*.pt")):
-        try:
-            with torch.serialization.safe_globals(allowed):
+        load_engine_file(path, mmap=True)
+
+
+def load_engine_file(path: Path, mmap: bool = False) -> Any:
+    """One DeepSpeed file read with ``weights_only=True``, only DeepSpeed's data classes
+    allowed: ``CheckpointError`` naming the file for anything else or an unreadable file."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            if mmap:
                 try:
-                    torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+                    return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
                 except RuntimeError as exc:
                     if "mmap" not in str(exc):
                         raise
-                    torch.load(path, weights_only=True, map_location="cpu")  # not a zip file
-        except pickle.UnpicklingError as exc:
-            raise CheckpointError(f"{path}: refused, not plain data ({_refused_global(exc)}); "
-                                  "segllm resumes only from checkpoints that hold tensors, "
-                                  "numbers and DeepSpeed's data classes") from None
-        except (RuntimeError, EOFError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable ({exc})") from None
+            return torch.load(path, weights_only=True, map_location="cpu")  # not a zip file
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused, not plain data ({_refused_global(exc)}); "
+                              "segllm resumes only from checkpoints that hold tensors, "
+                              "numbers and DeepSpeed's data classes") from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
 
 
 def _refused_global(exc: Exception) -> str:

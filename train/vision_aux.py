@@ -33,7 +33,7 @@ from segllm.batching import SegBatch
 from segllm.masks import decode_rle
 from segllm.records import read_jsonl
 
-STOP_WORDS = frozenset({"a", "an", "the", "with", "of", "in", "on", "and"})
+STOP_WORDS = frozenset({"a", "an", "the", "with", "of", "in", "on", "at", "and"})
 BACKGROUND = "background"
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from segllm.masks import mask_iou
 from segllm.shipped import SCENES_DIR
 
-CAPTION_TOKENS = 160  # a grounded caption of six shapes runs to about 90 tokens
+CAPTION_TOKENS = 200  # a grounded caption of six shapes with their places runs to about 140 tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

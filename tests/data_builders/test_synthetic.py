@@ -185,3 +185,52 @@ def test_write_synthetic_writes_images_jsonl_and_summary(tmp_path):
 def test_bad_round_limits_are_rejected():
     with pytest.raises(ValueError):
         next(synthetic.generate_conversations(1, 0, min_rounds=4, max_rounds=2))
+
+
+def _cell(mask: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the 3x3 grid cell that holds a mask's box centre."""
+    x, y, w, h = mask_to_bbox(mask)
+    cell = mask.shape[0] / synthetic.GRID
+    return int((y + h / 2) // cell), int((x + w / 2) // cell)
+
+
+def test_answers_name_each_target_with_its_grid_cell(sample):
+    """"It is the red circle at the top left [SEG]": the words before each [SEG] are the
+    target's label then the place of its own cell, and a place picks one top-level shape."""
+    checked = 0
+    for record, scene in sample:
+        cells = collections.Counter(_cell(s.mask) for s in scene.top_level)
+        assert max(cells.values()) == 1, record["id"]  # one top-level shape a cell
+        for rnd in record["rounds"]:
+            spans = re.findall(r"[Tt]he ([a-z ]+?) (at the [a-z ]+|on the [a-z]+|in the middle) "
+                               + re.escape(SEG_TOKEN), rnd["answer"])
+            assert len(spans) == len(rnd["targets"]), (record["id"], rnd["answer"])
+            for (label, place), tgt in zip(spans, rnd["targets"], strict=True):
+                row, col = _cell(decode_rle(tgt["rle"]).astype(bool))
+                assert label == tgt["label"] and place == synthetic.PLACES[row][col], rnd["answer"]
+                checked += 1
+    assert checked > 300
+
+
+def test_places_can_be_left_out(sample):
+    """--no-places: answers and caption phrases as before places were added (the same scenes,
+    questions and targets)."""
+    record, scene = synthetic.conversation_at(7, 0, min_rounds=3, max_rounds=8, places=False)
+    placed, _ = sample[0]
+    assert [r["question"] for r in record["rounds"]] == [r["question"] for r in placed["rounds"]]
+    for plain, with_place in zip(record["rounds"], placed["rounds"], strict=True):
+        assert plain["targets"] == with_place["targets"]
+        assert not re.search(r"\b(top|bottom|middle|left|right) \[SEG\]", plain["answer"])
+    caption = synthetic.scene_to_gcg(scene, "g", record["image"], places=False)
+    assert all(p["text"].lower().removeprefix("a ").removeprefix("an ") in
+               {s.description for s in scene.shapes} for p in caption["phrases"])
+
+
+def test_gcg_phrases_of_top_level_shapes_carry_their_place(sample):
+    for record, scene in sample[:40]:
+        gcg = synthetic.scene_to_gcg(scene, "g", record["image"])
+        for phrase in gcg["phrases"]:
+            mask = decode_rle(phrase["rle"]).astype(bool)
+            shape = next(s for s in scene.shapes if np.array_equal(s.mask, mask))
+            row, col = _cell(mask)
+            assert phrase["text"].endswith(synthetic.PLACES[row][col]) == (shape.parent is None)

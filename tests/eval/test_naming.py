@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from segllm.eval.naming import main, names_label, naming_report
+from segllm.eval.naming import main, names_label, naming_report, naming_words
 from segllm.masks import encode_rle
 
 
@@ -54,3 +54,33 @@ def test_report_per_type_with_the_iou_when_named_right_and_wrong(tmp_path):
     assert main([str(tmp_path / "p.jsonl"), str(tmp_path / "d.jsonl"),
                  "--output", str(tmp_path / "n.json")]) == 0
     assert json.loads((tmp_path / "n.json").read_text())["all"]["rounds"] == 3
+
+
+def test_naming_words_are_those_before_the_first_seg():
+    assert naming_words("Sure, it is the red circle at the top left [SEG].") == \
+        "red circle at the top left"
+    assert naming_words("The blue square with a hole in the middle [SEG].") == \
+        "blue square with a hole in the middle"
+    assert naming_words("They are the green square at the bottom right [SEG] and the red "
+                        "circle [SEG].") == "green square at the bottom right"
+    assert naming_words("There is no red circle in the image.") is None
+
+
+def test_named_as_reference_needs_the_place_too_when_the_reference_names_one():
+    scene = {"image": "x.png", "height": 8, "width": 8}
+    placed = [_round("referring", "red circle", slice(0, 4)), _round("attribute", "blue square",
+                                                                      slice(4, 8))]
+    placed[0]["answer"] = "It is the red circle at the top left [SEG]."
+    placed[1]["answer"] = "The blue square on the right [SEG]."
+    data = [{"id": "a", **scene, "rounds": placed}]
+    texts = ["Sure, the red circle at the top left [SEG].", "It is the blue square on the left [SEG]."]
+    preds = [{"id": "a", "task": "mrseg", "mode": "own", "rounds": [
+        {"index": i, "text": t, "masks": [_mask(8, slice(0, 4))]} for i, t in enumerate(texts)]}]
+    report = naming_report(preds, data)
+    assert report["referring"]["named_right"] == 1 and report["referring"]["named_as_reference"] == 1
+    assert report["attribute"]["named_right"] == 1 and report["attribute"]["named_as_reference"] == 0
+    assert report["all"]["named_as_reference"] == 0.5
+    # references that name only the label report no such share
+    plain = [{"id": "a", **scene, "rounds": [_round("referring", "red circle", slice(0, 4)),
+                                             _round("attribute", "blue square", slice(4, 8))]}]
+    assert "named_as_reference" not in naming_report(preds, plain)["referring"]
