@@ -18,19 +18,17 @@ first ``[SEG]`` are the reference's (``named_as_reference``: label and place bot
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 from segllm import masks as rle_ops
-from segllm.files import atomic_write
 
 from .errors import EvalInputError
 from .predictions import parse_round_ground_truth, parse_round_predictions, read_jsonl
+from .report import print_report
 
 
 def names_label(text: str, label: str, other_labels: set[str]) -> bool:
@@ -128,11 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except EvalInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(report, indent=2)
-    if args.output:
-        with atomic_write(Path(args.output)) as out:
-            out.write(text + "\n")
-    print(text)
+    print_report(report, args.output)
     return 0
 
 

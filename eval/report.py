@@ -33,6 +33,15 @@ def write_json_atomic(path: Path, obj) -> None:
         f.write("\n")
 
 
+def print_report(report: dict, output: str | Path | None = None) -> None:
+    """A diagnosis report as indented JSON on stdout and, when ``output`` is given, in that
+    file (written atomically)."""
+    text = json.dumps(report, indent=2)
+    if output:
+        write_text_atomic(Path(output), text + "\n")
+    print(text)
+
+
 def _fmt(value, scale: float = 100.0) -> str:
     """Percent with one decimal, or an en dash for a missing value."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

@@ -1,7 +1,7 @@
 """Where the small model we ship lives, and the bundled scenes it is shown on.
 
 ``models/segllm-shapes`` (a ``save_pretrained`` folder, trained here on synthetic scenes by
-``configs/train/segllm-shapes.yaml``) sits at the top of the repository; commands that take
+``configs/train/segllm-shapes-v3.yaml``) sits at the top of the repository; commands that take
 ``--model`` use it when none is given. ``SEGLLM_MODEL`` names another folder instead.
 """
 

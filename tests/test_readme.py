@@ -50,7 +50,7 @@ NOT_RUN = {
     "make demo": "set-up: creates .venv and installs packages from the network; this test "
                  "already runs inside that environment",
     "make test": "runs the whole suite, this test included",
-    "make shapes-model": "retrains the shipped model for about an hour; its steps are the "
+    "make shapes-model": "retrains the shipped model for about two hours; its steps are the "
                          "README's build-data, train and eval commands, run here at tiny size, "
                          "and its recipe is loaded by tests/test_config.py",
     "deepspeed --num_gpus 8 --module segllm.train.cli --config configs/train/segllm-7b.yaml":

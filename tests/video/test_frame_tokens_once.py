@@ -91,7 +91,10 @@ def test_answers_match_encoding_each_candidates_frames_with_it(pipeline):
         target = result.target
         expected_scores = [max(plain[c][0].scores) for c in target.candidates]
         assert target.scores == pytest.approx(expected_scores, rel=1e-5, abs=1e-6)
-        assert target.index == max(plain, key=lambda c: (max(plain[c][0].scores), -c))
+        # the best-scoring candidate; this random model's scores tie to within float noise
+        # (which the two paths' different batching decides), so a tie may go either way
+        best = max(max(plain[c][0].scores) for c in plain)
+        assert max(plain[target.index][0].scores) == pytest.approx(best, rel=1e-5, abs=1e-6)
         reply, states = plain[target.index]
         assert all(np.array_equal(a, b) for a, b in zip(target.reply.masks, reply.masks,
                                                         strict=True))
