@@ -8,7 +8,8 @@ A scene holds 3 to 6 top-level shapes on a 3x3 grid (circle, triangle, square, p
 hexagon, "square with a hole"); some contain a smaller shape of another colour (a part: its
 whole's mask covers it), and some pairs are linked by a drawn line. Rounds come in every
 type of docs/architecture.md ("Record formats"), plus rounds with several targets and
-"no such object" rounds.
+"no such object" rounds. Answers name each target before its ``[SEG]`` by colour, kind and
+grid cell ("It is the red circle at the top left [SEG]."; ``places=False``: without the cell).
 
 Python API::
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from .args import load_train_config
+from .args import TrainConfigError, load_train_config
 from .backend import deepspeed_config, training_dtype
 from .export import export_merged
 from .model_setup import build_model
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.checkpoint, args.output, args.dtype)
-    except (ExportError, FileNotFoundError, ckpt.CheckpointError) as err:
+    except (ExportError, FileNotFoundError, ckpt.CheckpointError, TrainConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} to {out}")
