@@ -25,6 +25,7 @@ from collections import defaultdict
 import numpy as np
 
 from segllm import masks as rle_ops
+from segllm.tokens import SEG_TOKEN
 
 from .errors import EvalInputError
 from .predictions import parse_round_ground_truth, parse_round_predictions, read_jsonl
@@ -46,10 +47,9 @@ def names_label(text: str, label: str, other_labels: set[str]) -> bool:
 def naming_words(answer: str) -> str | None:
     """The words naming the first ``[SEG]``'s target: from the last "the" before it
     ("Sure, it is the red circle at the top left [SEG]." -> "red circle at the top left")."""
-    head = answer.split("[SEG]")[0] if "[SEG]" in answer else None
-    if head is None:
+    if SEG_TOKEN not in answer:
         return None
-    words = head.lower().replace(",", " ").split()
+    words = answer.split(SEG_TOKEN)[0].lower().replace(",", " ").split()
     starts = [i for i, w in enumerate(words) if w == "the" and i + 1 < len(words)
               and words[i + 1] not in ("top", "bottom", "left", "right", "middle")]
     return " ".join(words[starts[-1] + 1:] if starts else words)

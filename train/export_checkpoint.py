@@ -48,7 +48,11 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, dtype: str = "
         raise ExportError(f"{checkpoint}: the frozen weights rebuilt from {config_path} differ from "
                           f"the ones it was trained on (fingerprint {have} vs {want})")
     weights = _module_weights(checkpoint / ckpt.ENGINE_TAG)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a tensor of another shape: another model's checkpoint
+        raise ExportError(f"{checkpoint}: does not fit the model of {config_path} "
+                          f"({' '.join(str(err).split())[:300]})") from None
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):
         raise ExportError(f"{checkpoint}: does not match the model of {config_path} (not in the "
