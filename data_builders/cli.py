@@ -114,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-answers", action="store_true",
                         help="synthetic: answer 'Sure, [SEG].' instead of naming each target "
                              "before its [SEG] ('It is the red circle [SEG].')")
+    parser.add_argument("--named-answers", action="store_true",
+                        help="synthetic: name a single target before its [SEG] ('It is the red "
+                             "circle at the top left [SEG].', as data before the echoed answers) "
+                             "instead of repeating the question first ('The red shape [SEG] is "
+                             "the red circle at the top left.')")
     parser.add_argument("--no-places", action="store_true",
                         help="synthetic: name targets and caption phrases without their grid "
                              "cell ('the red circle', not 'the red circle at the top left'), as "
@@ -238,7 +243,8 @@ def _run(args: argparse.Namespace) -> int:
                                     min_rounds=args.min_rounds, max_rounds=args.rounds or 8,
                                     gcg=not args.no_gcg, progress=not args.no_progress,
                                     workers=args.workers, describe=not args.plain_answers,
-                                    allow_empty=args.allow_empty, places=not args.no_places)
+                                    allow_empty=args.allow_empty, places=not args.no_places,
+                                    echo=not args.named_answers)
             summary = stats.to_dict()
         elif args.source in ("syn-m", "syn-captions"):
             summary = _build_synthetic_annotations(args)

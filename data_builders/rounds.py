@@ -70,17 +70,64 @@ def described_answer(names: Sequence[str], rng: random.Random) -> str:
     return answer[0].upper() + answer[1:]
 
 
+# as many templates as DESCRIBED_SINGLE, DESCRIBED_MANY and NO_TARGET_ANSWERS: a choice among
+# n options draws the same random bits whatever the options, so the rounds after an answer do
+# not change with the answer style
+ECHOED_SINGLE = ("{Echo} {seg} is the {name}.", "Sure, {echo} {seg} is the {name}.",
+                 "{Echo} {seg}: it is the {name}.", "Sure, {echo} {seg}: it is the {name}.")
+ECHOED_MANY = ("{Echo} are {items}.", "Sure, {echo} are {items}.", "{Echo}: {items}.")
+ECHOED_NONE = ("{Echo} {verb} not in the image.", "{Echo} {verb} not visible here.",
+               "{Echo} cannot be found in this image.")
+
+
+def echoed_answer(echo: str | tuple[str, str], names: Sequence[str], rng: random.Random) -> str:
+    """An answer that first repeats what the question asks for, then segments and names it:
+    "The red shape [SEG] is the red circle at the top left." (one target), "The circles are the
+    red circle at the top left [SEG] and the blue circle on the right [SEG]." (several: each
+    named before its ``[SEG]``), "The red circle is not in the image." (none).
+
+    ``echo`` is the question's own phrase for its target ("the shape closest to the left of
+    it"), or a (singular, plural) pair when the number of targets varies. With one target the
+    state that predicts ``[SEG]`` follows words copied from the question, not the model's own
+    reading of the picture, so a wrong name cannot mislead the mask decoder, which sees the
+    image (and the referenced masks) itself; the name comes after, still trained. Whether the
+    target is there is decided right after the echo, with the query in the nearest context.
+    Exactly one ``rng`` choice among as many options as :func:`described_answer` (or
+    :func:`answer_for`) makes, so scenes and questions built after it do not change with the
+    answer style.
+    """
+    singular, plural_echo = (echo, echo) if isinstance(echo, str) else echo
+    if len(names) == 1:
+        template = rng.choice(ECHOED_SINGLE)
+        return template.format(Echo=_capital(singular), echo=singular, seg=SEG_TOKEN, name=names[0])
+    if not names:
+        template = rng.choice(ECHOED_NONE)
+        verb = "are" if isinstance(echo, tuple) else "is"
+        return template.format(Echo=_capital(plural_echo), verb=verb)
+    items = ", ".join(f"the {n} {SEG_TOKEN}" for n in names[:-1]) + f" and the {names[-1]} {SEG_TOKEN}"
+    template = rng.choice(ECHOED_MANY)
+    return template.format(Echo=_capital(plural_echo), echo=plural_echo, items=items)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def make_round(question: str, targets: Sequence[dict], kind: str, rng: random.Random,
                refs: Sequence[int] = (), missing: str = "such object",
-               describe: bool = False, names: Sequence[str] | None = None) -> dict:
+               describe: bool = False, names: Sequence[str] | None = None,
+               echo: str | tuple[str, str] | None = None) -> dict:
     """One round in the record layout, refs sorted as the question's ``<ref:k>`` order allows.
 
     ``describe``: name every target before its ``[SEG]`` (:func:`described_answer`), by
-    ``names`` (one per target) when given, else by its ``label``.
+    ``names`` (one per target) when given, else by its ``label``; with ``echo`` (and
+    ``describe``), answer as :func:`echoed_answer` does, repeating the question's phrase first.
     """
     if names is not None and len(names) != len(targets):
         raise ValueError(f"{len(names)} names for {len(targets)} targets")
-    if describe and targets:
+    if describe and echo is not None:
+        answer = echoed_answer(echo, list(names or [t["label"] for t in targets]), rng)
+    elif describe and targets:
         answer = described_answer(names or [t["label"] for t in targets], rng)
     else:
         answer = answer_for(len(targets), rng, missing)

@@ -8,8 +8,11 @@ A scene holds 3 to 6 top-level shapes on a 3x3 grid (circle, triangle, square, p
 hexagon, "square with a hole"); some contain a smaller shape of another colour (a part: its
 whole's mask covers it), and some pairs are linked by a drawn line. Rounds come in every
 type of docs/architecture.md ("Record formats"), plus rounds with several targets and
-"no such object" rounds. Answers name each target before its ``[SEG]`` by colour, kind and
-grid cell ("It is the red circle at the top left [SEG]."; ``places=False``: without the cell).
+"no such object" rounds. An answer with one target first repeats the question's phrase for it,
+then segments it, then names it by colour, kind and grid cell ("The red shape [SEG] is the red
+circle at the top left."); answers with several targets name each before its ``[SEG]``
+(``echo=False``: every answer so, "It is the red circle at the top left [SEG]."; ``places=False``:
+names without the cell).
 
 Python API::
 
@@ -231,11 +234,12 @@ class _Conversation:
     """Rounds being built for one scene; each generator returns a round or ``None``."""
 
     def __init__(self, scene: Scene, rng: random.Random, describe: bool = True,
-                 places: bool = True):
+                 places: bool = True, echo: bool = True):
         self.scene = scene
         self.rng = rng
         self.describe = describe
         self.places = places
+        self.echo = echo
         self.rounds: list[dict] = []
         self.targets: list[list[int]] = []  # shape ids per round
         self.by_id = {s.id: s for s in scene.shapes}
@@ -253,14 +257,15 @@ class _Conversation:
     def _single_target_rounds(self, predicate: Callable[[Shape], bool] = lambda s: True) -> list[int]:
         return [k for k, ids in enumerate(self.targets) if len(ids) == 1 and predicate(self.by_id[ids[0]])]
 
-    def _make(self, question, shapes, kind, refs=(), missing="such shape"):
+    def _make(self, question, shapes, kind, refs=(), missing="such shape", echo=None):
+        """``echo``: the question's phrase for its target(s), "the red shape" (a (singular,
+        plural) pair when the count varies); the answer repeats it when ``self.echo``."""
         if self._asked(question):
             return None
         shapes = sorted(shapes, key=lambda s: (s.as_obj().center, s.id))
         return make_round(question, [s.as_target() for s in shapes], kind, self.rng, refs, missing,
-                          describe=self.describe, names=[self._name(s) for s in shapes]), [
-            s.id for s in shapes
-        ]
+                          describe=self.describe, names=[self._name(s) for s in shapes],
+                          echo=echo if self.echo else None), [s.id for s in shapes]
 
     def _name(self, shape: Shape) -> str:
         """How an answer names a target: its colour and kind, then (``places``) its grid cell.
@@ -281,19 +286,20 @@ class _Conversation:
             return None
         s = self.rng.choice(pool)
         q = self.rng.choice(REFERRING_QUESTIONS)
-        return self._make(q.format(d=s.description), [s], "referring")
+        return self._make(q.format(d=s.description), [s], "referring", echo=f"the {s.description}")
 
     def attribute(self):
         options = []
         for s in self._unique(self.scene.shapes, lambda s: s.colour):
-            options.append((f"Segment the {s.colour} shape.", s))
+            options.append((f"Segment the {s.colour} shape.", s, f"the {s.colour} shape"))
         rings = [s for s in self.scene.shapes if s.kind == "ring"]
         if len(rings) == 1:
-            options.append(("Segment the shape that has a hole in it.", rings[0]))
+            options.append(("Segment the shape that has a hole in it.", rings[0],
+                            "the shape with a hole"))
         if not options:
             return None
-        q, s = self.rng.choice(options)
-        return self._make(q, [s], "attribute")
+        q, s, echo = self.rng.choice(options)
+        return self._make(q, [s], "attribute", echo=echo)
 
     def semantic(self):
         by_kind: dict[str, list[Shape]] = {}
@@ -302,13 +308,15 @@ class _Conversation:
         by_colour: dict[str, list[Shape]] = {}
         for s in self.scene.shapes:
             by_colour.setdefault(s.colour, []).append(s)
-        options = [(f"Segment all the {KIND_NOUNS.get(k, k)}s." if k != "ring" else
-                    "Segment all the squares with a hole.", v) for k, v in by_kind.items() if len(v) > 1]
-        options += [(f"Segment every {c} shape.", v) for c, v in by_colour.items() if len(v) > 1]
+        nouns = {k: "squares with a hole" if k == "ring" else f"{k}s" for k in by_kind}
+        options = [(f"Segment all the {nouns[k]}.", v, f"the {nouns[k]}")
+                   for k, v in by_kind.items() if len(v) > 1]
+        options += [(f"Segment every {c} shape.", v, f"the {c} shapes")
+                    for c, v in by_colour.items() if len(v) > 1]
         if not options:
             return None
-        q, shapes = self.rng.choice(sorted(options, key=lambda o: o[0]))
-        return self._make(q, shapes, "semantic")
+        q, shapes, echo = self.rng.choice(sorted(options, key=lambda o: o[0]))
+        return self._make(q, shapes, "semantic", echo=echo)
 
     def positional(self):
         anchors = self._single_target_rounds(lambda s: s.parent is None)
@@ -323,7 +331,9 @@ class _Conversation:
             found = pick_related(anchor, candidates, relation)
             if found is not None:
                 q = POSITIONAL_QUESTIONS[relation].format(name="shape", ref=ref(k))
-                made = self._make(q, [self.by_id[found.key]], "positional", refs=[k])
+                echo = POSITIONAL_QUESTIONS[relation].format(name="shape", ref="it")
+                echo = echo.removeprefix("Segment ").rstrip(".")
+                made = self._make(q, [self.by_id[found.key]], "positional", refs=[k], echo=echo)
                 if made:
                     made[0]["relation"] = relation
                     return made
@@ -338,48 +348,59 @@ class _Conversation:
         if self.rng.random() < 0.6:
             linked = [self.by_id[anchor.link]] if anchor.link is not None else []
             q = f"Segment the shape linked to {ref(k)} by a line."
-            return self._make(q, linked, "interactional", [k], missing="shape linked to it")
+            return self._make(q, linked, "interactional", [k], missing="shape linked to it",
+                              echo="the shape linked to it")
         same = [s for s in self.scene.shapes if s.colour == anchor.colour and s.id != anchor.id]
         q = f"Segment the other shapes that have the same colour as {ref(k)}."
-        return self._make(q, same, "interactional", [k], missing="other shape of that colour")
+        return self._make(q, same, "interactional", [k], missing="other shape of that colour",
+                          echo=("the other shape of its colour", "the other shapes of its colour"))
 
     def hierarchical(self):
         options = []
         for k in self._single_target_rounds():
             s = self.by_id[self.targets[k][0]]
             if s.child is not None:
-                options.append((f"Segment the {self.by_id[s.child].noun} inside {ref(k)}.", s.child, [k]))
+                noun = self.by_id[s.child].noun
+                options.append((f"Segment the {noun} inside {ref(k)}.", s.child, [k],
+                                f"the {noun} inside it"))
             if s.parent is not None:
-                options.append((f"Segment the whole shape that {ref(k)} is part of.", s.parent, [k]))
+                options.append((f"Segment the whole shape that {ref(k)} is part of.", s.parent, [k],
+                                "the whole shape it is part of"))
         wholes = {s.id for s in self._unique(self.scene.top_level, lambda s: (s.colour, s.kind))}
         for s in self.scene.shapes:
             if s.parent in wholes:
                 whole = self.by_id[s.parent]
-                options.append((f"Segment the {s.description} inside the {whole.description}.", s.id, []))
-                options.append((f"Segment the shape that contains the {s.description}.", whole.id, []))
+                inside = f"the {s.description} inside the {whole.description}"
+                options.append((f"Segment {inside}.", s.id, [], inside))
+                contains = f"the shape that contains the {s.description}"
+                options.append((f"Segment {contains}.", whole.id, [], contains))
         if not options:
             return None
-        q, sid, refs = self.rng.choice(options)
-        return self._make(q, [self.by_id[sid]], "hierarchical", refs)
+        q, sid, refs, echo = self.rng.choice(options)
+        return self._make(q, [self.by_id[sid]], "hierarchical", refs, echo=echo)
 
     def reasoning(self):
         top = self.scene.top_level
         options = []
         corners = sorted(top, key=lambda s: -CORNERS[s.kind])
         if len(corners) > 1 and CORNERS[corners[0].kind] > CORNERS[corners[1].kind]:
-            options.append(("Which shape has the most corners? Segment it.", corners[0]))
+            options.append(("Which shape has the most corners? Segment it.", corners[0],
+                            "the shape with the most corners"))
         if len(corners) > 1 and CORNERS[corners[-1].kind] < CORNERS[corners[-2].kind]:
-            options.append(("Segment the shape with the fewest corners.", corners[-1]))
+            options.append(("Segment the shape with the fewest corners.", corners[-1],
+                            "the shape with the fewest corners"))
         circles = [s for s in self.scene.shapes if s.kind == "circle"]
         if len(circles) == 1:
-            options.append(("Which shape would roll if it were pushed? Segment it.", circles[0]))
+            options.append(("Which shape would roll if it were pushed? Segment it.", circles[0],
+                            "the shape that would roll"))
         by_area = sorted(top, key=lambda s: -s.as_obj().area)
         if len(by_area) > 1 and by_area[0].as_obj().area > 1.15 * by_area[1].as_obj().area:
-            options.append(("Segment the shape that covers the most of the picture.", by_area[0]))
+            options.append(("Segment the shape that covers the most of the picture.", by_area[0],
+                            "the shape that covers the most of the picture"))
         if not options:
             return None
-        q, s = self.rng.choice(options)
-        return self._make(q, [s], "reasoning")
+        q, s, echo = self.rng.choice(options)
+        return self._make(q, [s], "reasoning", echo=echo)
 
     def no_target(self):
         present = {(s.colour, s.kind) for s in self.scene.shapes}
@@ -389,7 +410,7 @@ class _Conversation:
         # the same wordings as a referring round: a wording used only for absent shapes
         # would let the model answer from the words, not the picture
         q = self.rng.choice(REFERRING_QUESTIONS)
-        return self._make(q.format(d=what), [], "referring", missing=what)
+        return self._make(q.format(d=what), [], "referring", missing=what, echo=f"the {what}")
 
     GENERATORS = ("referring", "attribute", "semantic", "positional", "interactional",
                   "hierarchical", "reasoning", "no_target")
@@ -413,11 +434,14 @@ class _Conversation:
 
 
 def scene_to_conversation(scene: Scene, rng: random.Random, record_id: str, image_path: str,
-                          num_rounds: int, describe: bool = True, places: bool = True) -> dict:
+                          num_rounds: int, describe: bool = True, places: bool = True,
+                          echo: bool = True) -> dict:
     """An MRSeg record of (up to) ``num_rounds`` rounds about a scene; ``describe``: answers
-    name each target before its ``[SEG]`` (see ``rounds.described_answer``), with its grid
-    cell when ``places`` ("It is the red circle at the top left [SEG].")."""
-    conversation = _Conversation(scene, rng, describe, places)
+    name each target (see ``rounds.described_answer``), with its grid cell when ``places``;
+    ``echo``: single-target answers repeat the question's phrase, then ``[SEG]``, then the name
+    ("The red shape [SEG] is the red circle at the top left.", ``rounds.echoed_answer``);
+    without it the name comes first ("It is the red circle at the top left [SEG].")."""
+    conversation = _Conversation(scene, rng, describe, places, echo)
     while len(conversation.rounds) < num_rounds and conversation.add_round():
         pass
     size = scene.image.shape[0]
@@ -461,7 +485,7 @@ def _scene_rng(seed: int, index: int) -> random.Random:
 
 def generate_conversations(
     num: int, seed: int, image_size: int = 64, min_rounds: int = 1, max_rounds: int = 8,
-    start: int = 0, describe: bool = True, places: bool = True,
+    start: int = 0, describe: bool = True, places: bool = True, echo: bool = True,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """Yield ``num`` (MRSeg record, ``(H, W, 3)`` uint8 image) pairs, deterministic in ``seed``.
 
@@ -472,13 +496,13 @@ def generate_conversations(
         raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}")
     for index in range(start, start + num):
         record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe,
-                                        places)
+                                        places, echo)
         yield record, scene.image
 
 
 def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int = 1,
                     max_rounds: int = 8, describe: bool = True,
-                    places: bool = True) -> tuple[dict, Scene]:
+                    places: bool = True, echo: bool = True) -> tuple[dict, Scene]:
     """Record ``index`` of the set for ``seed``, with the :class:`Scene` it describes."""
     rng = _scene_rng(seed, index)
     # a scene that cannot give min_rounds rounds is redrawn (rare: tiny scenes)
@@ -486,7 +510,7 @@ def conversation_at(seed: int, index: int, image_size: int = 64, min_rounds: int
         scene = generate_scene(rng, image_size)
         wanted = rng.randint(min_rounds, max_rounds)
         record = scene_to_conversation(scene, rng, f"synthetic-{seed}-{index:06d}",
-                                       f"images/{index:06d}.png", wanted, describe, places)
+                                       f"images/{index:06d}.png", wanted, describe, places, echo)
         if len(record["rounds"]) >= min_rounds or attempt == 9:
             return record, scene
     raise AssertionError("unreachable")
@@ -510,9 +534,9 @@ def _render_one(job: tuple) -> tuple[dict, dict | None]:
     """
     from PIL import Image
 
-    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg, describe, places = job
+    output_dir, seed, index, image_size, min_rounds, max_rounds, gcg, describe, places, echo = job
     record, scene = conversation_at(seed, index, image_size, min_rounds, max_rounds, describe,
-                                    places)
+                                    places, echo)
     validate_conversation(record)  # a generator bug must fail loudly, not be skipped
     Image.fromarray(scene.image).save(os.path.join(output_dir, record["image"]), compress_level=1)
     gcg_record = None
@@ -530,7 +554,7 @@ replaced."""
 def write_synthetic(
     output_dir: str | os.PathLike, num: int, seed: int, image_size: int = 64, min_rounds: int = 1,
     max_rounds: int = 8, gcg: bool = True, progress: bool = False, workers: int = 1,
-    describe: bool = True, allow_empty: bool = False, places: bool = True,
+    describe: bool = True, allow_empty: bool = False, places: bool = True, echo: bool = True,
 ) -> BuildStats:
     """Write ``images/*.png``, ``synthetic.jsonl`` (MRSeg), ``synthetic_gcg.jsonl`` (GCG, when
     ``gcg``) and ``synthetic.summary.json`` under ``output_dir``; return the counters.
@@ -549,7 +573,7 @@ def write_synthetic(
     check_replaceable(output_dir, SYNTHETIC_OUTPUTS, "a synthetic build")
     with atomic_directory(output_dir) as build_dir:
         _render_all(os.fspath(build_dir), stats, num, seed, image_size, min_rounds, max_rounds,
-                    gcg, progress, workers, describe, places)
+                    gcg, progress, workers, describe, places, echo)
         require_records(stats, output_dir, allow_empty)
         write_json(os.path.join(build_dir, "synthetic.summary.json"), stats.to_dict())
     return stats
@@ -557,10 +581,10 @@ def write_synthetic(
 
 def _render_all(build_dir: str, stats: BuildStats, num: int, seed: int, image_size: int,
                 min_rounds: int, max_rounds: int, gcg: bool, progress: bool, workers: int,
-                describe: bool, places: bool) -> None:
+                describe: bool, places: bool, echo: bool) -> None:
     """Render every scene into ``build_dir/images`` and write the JSONL files there."""
     os.makedirs(os.path.join(build_dir, "images"))
-    jobs = ((build_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe, places)
+    jobs = ((build_dir, seed, i, image_size, min_rounds, max_rounds, gcg, describe, places, echo)
             for i in range(num))
     pool = None
     if workers > 1:

@@ -194,22 +194,81 @@ def _cell(mask: np.ndarray) -> tuple[int, int]:
     return int((y + h / 2) // cell), int((x + w / 2) // cell)
 
 
+_PLACE = r"(at the [a-z ]+|on the [a-z]+|in the middle)"
+
+
+def _namings(answer: str, targets: int) -> list[tuple[str, str]]:
+    """(label, place) of each target as the answer names it: after the one [SEG] of an echoed
+    answer ("The red shape [SEG] is the red circle at the top left."), before each [SEG] of an
+    answer with several ("... are the red circle at the top left [SEG] and the ...")."""
+    if targets == 1:
+        return re.findall(re.escape(SEG_TOKEN) + r"(?:: it)? is the ([a-z ]+?) " + _PLACE + r"\.",
+                          answer)
+    found = re.findall(r"[Tt]he ([a-z ]+?) " + _PLACE + " " + re.escape(SEG_TOKEN), answer)
+    return [(label.rsplit(" the ", 1)[-1], place) for label, place in found]
+
+
 def test_answers_name_each_target_with_its_grid_cell(sample):
-    """"It is the red circle at the top left [SEG]": the words before each [SEG] are the
-    target's label then the place of its own cell, and a place picks one top-level shape."""
+    """Each target is named by its label then the place of its own cell, and a place picks one
+    top-level shape."""
     checked = 0
     for record, scene in sample:
         cells = collections.Counter(_cell(s.mask) for s in scene.top_level)
         assert max(cells.values()) == 1, record["id"]  # one top-level shape a cell
         for rnd in record["rounds"]:
-            spans = re.findall(r"[Tt]he ([a-z ]+?) (at the [a-z ]+|on the [a-z]+|in the middle) "
-                               + re.escape(SEG_TOKEN), rnd["answer"])
+            spans = _namings(rnd["answer"], len(rnd["targets"]))
             assert len(spans) == len(rnd["targets"]), (record["id"], rnd["answer"])
+            assert rnd["answer"].count(SEG_TOKEN) == len(rnd["targets"]), rnd["answer"]
             for (label, place), tgt in zip(spans, rnd["targets"], strict=True):
                 row, col = _cell(decode_rle(tgt["rle"]).astype(bool))
                 assert label == tgt["label"] and place == synthetic.PLACES[row][col], rnd["answer"]
                 checked += 1
     assert checked > 300
+
+
+def _echo(answer: str) -> str:
+    """The words an echoed answer opens with: up to its [SEG], or up to the verb that says the
+    target is not there."""
+    head = re.split(re.escape(SEG_TOKEN) + r"| (?:is|are) not | cannot be found| are the |: the ",
+                    answer)[0]
+    return head.removeprefix("Sure, ").strip()
+
+
+def test_echoed_answers_repeat_the_question_before_segmenting(sample):
+    """With one target or none, the answer first repeats the question's phrase for it, so what
+    comes right before [SEG] (or before "is not in the image") is copied from the question
+    (<ref:k> read as "it"), never the model's own reading of the picture."""
+    kinds = collections.Counter()
+    for record, _ in sample:
+        for rnd in record["rounds"]:
+            echo = _echo(rnd["answer"]).lower()
+            question = re.sub(r"<ref:\d+>", "it", rnd["question"]).lower()
+            words = set(re.findall(r"[a-z]+", question)) | {"the", "with", "of", "its", "shape", "shapes", "that"}
+            assert echo.startswith("the "), rnd["answer"]
+            assert set(re.findall(r"[a-z]+", echo)) <= words, (rnd["question"], rnd["answer"])
+            if len(rnd["targets"]) == 1:
+                assert rnd["answer"].split(SEG_TOKEN)[0].removeprefix("Sure, ").lower().strip() == echo
+            kinds[rnd["type"], min(len(rnd["targets"]), 2)] += 1
+    for kind in ("referring", "attribute", "positional", "interactional", "hierarchical",
+                 "reasoning"):
+        assert kinds[kind, 1], kind
+    assert kinds["referring", 0] and kinds["semantic", 2]
+
+
+def test_named_answers_keep_the_older_style_and_the_same_rounds(sample):
+    """--named-answers: every target named before its [SEG] ("It is the red circle at the top
+    left [SEG]."), with the same scenes, questions and targets as the echoed answers."""
+    record, _ = synthetic.conversation_at(7, 0, min_rounds=3, max_rounds=8, echo=False)
+    echoed, _ = sample[0]
+    for named, with_echo in zip(record["rounds"], echoed["rounds"], strict=True):
+        assert named["question"] == with_echo["question"]
+        assert named["targets"] == with_echo["targets"]
+        spans = re.findall(r"[Tt]he ([a-z ]+?) " + _PLACE + " " + re.escape(SEG_TOKEN),
+                           named["answer"])
+        assert len(spans) == len(named["targets"]), named["answer"]
+        assert [label.rsplit(" the ", 1)[-1] for label, _ in spans] == [
+            t["label"] for t in named["targets"]]
+    assert [r["question"] for r in record["rounds"]] == [r["question"] for r in echoed["rounds"]]
 
 
 def test_places_can_be_left_out(sample):

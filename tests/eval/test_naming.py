@@ -42,10 +42,13 @@ def test_report_per_type_with_the_iou_when_named_right_and_wrong(tmp_path):
              {"id": "b", "task": "mrseg", "mode": "own", "rounds": [{"index": 0, "text": "No blue square is visible here.",
                                      "masks": []}]}]
     report = naming_report(preds, data)
+    # 'b' answered "not visible" though its blue square is there: refused
     assert report["referring"] == {"rounds": 2, "named_right": 0.5, "mean_iou_named_right": 0.5,
-                                   "mean_iou_named_wrong": 0.0}
+                                   "mean_iou_named_wrong": 0.0, "refused": 0.5}
     assert report["positional"]["named_right"] == 0 and report["positional"]["mean_iou_named_wrong"] == 0
-    assert report["all"] == {"rounds": 3, "named_right": pytest.approx(1 / 3)}
+    assert report["positional"]["refused"] == 0
+    assert report["all"] == {"rounds": 3, "named_right": pytest.approx(1 / 3),
+                             "refused": pytest.approx(1 / 3)}
 
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(p) for p in preds[:1]))
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(d) for d in data))
@@ -64,6 +67,19 @@ def test_naming_words_are_those_before_the_first_seg():
     assert naming_words("They are the green square at the bottom right [SEG] and the red "
                         "circle [SEG].") == "green square at the bottom right"
     assert naming_words("There is no red circle in the image.") is None
+
+
+def test_an_echoed_answer_is_named_after_its_seg_not_by_its_echo():
+    """"The red circle inside the blue square [SEG] is the red circle on the left.": the echo
+    repeats the question, which may hold another label; the naming is after [SEG]."""
+    assert naming_words("The red shape [SEG] is the red circle at the top left.") == \
+        "red circle at the top left"
+    assert naming_words("Sure, the shape closest to the left of it [SEG]: it is the blue square "
+                        "with a hole in the middle.") == "blue square with a hole in the middle"
+    labels = {"red circle", "blue square"}
+    echoed = "The blue square inside the red circle [SEG] is the red circle on the left."
+    assert names_label(naming_words(echoed), "red circle", labels)
+    assert not names_label(naming_words(echoed), "blue square", labels)
 
 
 def test_named_as_reference_needs_the_place_too_when_the_reference_names_one():
