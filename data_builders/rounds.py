@@ -66,8 +66,7 @@ def described_answer(names: Sequence[str], rng: random.Random) -> str:
     if len(items) == 1:
         return rng.choice(DESCRIBED_SINGLE).format(item=items[0])
     listed = ", ".join(f"the {i}" for i in items[:-1]) + f" and the {items[-1]}"
-    answer = rng.choice(DESCRIBED_MANY).format(items=listed)
-    return answer[0].upper() + answer[1:]
+    return _capital(rng.choice(DESCRIBED_MANY).format(items=listed))
 
 
 # as many templates as DESCRIBED_SINGLE, DESCRIBED_MANY and NO_TARGET_ANSWERS: a choice among
